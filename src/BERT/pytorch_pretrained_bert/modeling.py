@@ -1,0 +1,421 @@
+"""BERT encoder and sequence classifier with the parameter names of the 2019 package.
+
+Written from the public description of BERT (Devlin et al., 2019). Names such as
+`bert.encoder.layer.N.attention.self.query.weight` match the published checkpoints, so they load
+one to one. The encoder runs its layers in a `schedule` of (layer index, swap Q/K) pairs: the plain
+schedule runs each layer once; a schedule that repeats layers with the swap set is SPS (the
+project's `utils/modeling.py` builds it). The model holds no training code, and each `forward`
+always returns the same named tuple.
+"""
+import copy
+import json
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .serialization import load_state_dict_file
+
+CONFIG_NAMES = ("config.json", "bert_config.json")
+WEIGHTS_NAMES = ("model.safetensors", "pytorch_model.bin")
+
+
+class BertConfig:
+    """Hyperparameters of a BERT model; reads and writes the 2019 and today's json layouts."""
+
+    FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+              "intermediate_size", "hidden_act", "hidden_dropout_prob",
+              "attention_probs_dropout_prob", "max_position_embeddings", "type_vocab_size",
+              "initializer_range", "layer_norm_eps")
+
+    def __init__(self, vocab_size_or_config_json_file=30522, hidden_size=768, num_hidden_layers=12,
+                 num_attention_heads=12, intermediate_size=3072, hidden_act="gelu",
+                 hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
+                 max_position_embeddings=512, type_vocab_size=2, initializer_range=0.02,
+                 layer_norm_eps=1e-12):
+        if isinstance(vocab_size_or_config_json_file, (str, Path)):
+            loaded = BertConfig.from_json_file(vocab_size_or_config_json_file)
+            self.__dict__.update(loaded.__dict__)
+            return
+        self.vocab_size = int(vocab_size_or_config_json_file)
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size
+        self.hidden_act = hidden_act
+        self.hidden_dropout_prob = hidden_dropout_prob
+        self.attention_probs_dropout_prob = attention_probs_dropout_prob
+        self.max_position_embeddings = max_position_embeddings
+        self.type_vocab_size = type_vocab_size
+        self.initializer_range = initializer_range
+        self.layer_norm_eps = layer_norm_eps
+        if hidden_size % num_attention_heads:
+            raise ValueError(f"hidden_size {hidden_size} is not a multiple of "
+                             f"num_attention_heads {num_attention_heads}")
+
+    @classmethod
+    def from_dict(cls, data):
+        """Builds a config from a dict; keys other than BERT's hyperparameters are ignored."""
+        known = {k: data[k] for k in cls.FIELDS if k in data}
+        if "vocab_size" not in known:
+            raise ValueError("config has no vocab_size")
+        known["vocab_size_or_config_json_file"] = known.pop("vocab_size")
+        return cls(**known)
+
+    @classmethod
+    def from_json_file(cls, path):
+        with open(path, encoding="utf-8") as f:
+            return cls.from_dict(json.load(f))
+
+    def to_dict(self):
+        return {k: getattr(self, k) for k in self.FIELDS}
+
+    def to_json_string(self):
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def to_json_file(self, path):
+        Path(path).write_text(self.to_json_string(), encoding="utf-8")
+
+    def copy(self, **changes):
+        """A copy with some fields changed (e.g. a student's `num_hidden_layers`)."""
+        new = copy.deepcopy(self)
+        for k, v in changes.items():
+            if k not in self.FIELDS:
+                raise ValueError(f"unknown BertConfig field {k!r}")
+            setattr(new, k, v)
+        return new
+
+    def __eq__(self, other):
+        return isinstance(other, BertConfig) and self.to_dict() == other.to_dict()
+
+    def __repr__(self):
+        return f"BertConfig({self.to_dict()})"
+
+
+def gelu_tanh(x):
+    return F.gelu(x, approximate="tanh")
+
+
+ACT2FN = {"gelu": F.gelu, "relu": F.relu, "gelu_new": gelu_tanh, "gelu_pytorch_tanh": gelu_tanh,
+          "tanh": torch.tanh}
+
+
+class BertEmbeddings(nn.Module):
+    """Word + position + token type embeddings, then LayerNorm and dropout."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids, token_type_ids):
+        # input_ids, token_type_ids: (B, S) -> (B, S, H)
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        x = (self.word_embeddings(input_ids) + self.position_embeddings(positions)
+             + self.token_type_embeddings(token_type_ids))
+        return self.dropout(self.LayerNorm(x))
+
+
+class BertSelfAttention(nn.Module):
+    """Multi-head scaled dot-product attention; `swap_qk` exchanges the Query and Key Linears."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.num_attention_heads = config.num_attention_heads
+        self.attention_head_size = config.hidden_size // config.num_attention_heads
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout_p = config.attention_probs_dropout_prob
+
+    def _heads(self, x):
+        # (B, S, H) -> (B, heads, S, H / heads)
+        b, s, _ = x.shape
+        return x.view(b, s, self.num_attention_heads, self.attention_head_size).transpose(1, 2)
+
+    def forward(self, hidden_states, attention_mask, swap_qk=False):
+        # hidden_states: (B, S, H); attention_mask: (B, 1, 1, S) additive (0 or a large negative)
+        q_proj, k_proj = (self.key, self.query) if swap_qk else (self.query, self.key)
+        q = self._heads(q_proj(hidden_states))
+        k = self._heads(k_proj(hidden_states))
+        v = self._heads(self.value(hidden_states))
+        context = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attention_mask, dropout_p=self.dropout_p if self.training else 0.0)
+        b, _, s, _ = context.shape
+        return context.transpose(1, 2).reshape(b, s, -1)
+
+
+class BertSelfOutput(nn.Module):
+    def __init__(self, config, in_size):
+        super().__init__()
+        self.dense = nn.Linear(in_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states, input_tensor):
+        # residual connection, then post-LayerNorm as in the original BERT
+        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + input_tensor)
+
+
+class BertAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.self = BertSelfAttention(config)
+        self.output = BertSelfOutput(config, config.hidden_size)
+
+    def forward(self, hidden_states, attention_mask, swap_qk=False):
+        return self.output(self.self(hidden_states, attention_mask, swap_qk), hidden_states)
+
+
+class BertIntermediate(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        if config.hidden_act not in ACT2FN:
+            raise ValueError(f"hidden_act {config.hidden_act!r} is not one of {sorted(ACT2FN)}")
+        self.intermediate_act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, hidden_states):
+        return self.intermediate_act_fn(self.dense(hidden_states))
+
+
+class BertOutput(BertSelfOutput):
+    """Feed-forward output projection (intermediate -> hidden) with residual and LayerNorm."""
+
+    def __init__(self, config):
+        super().__init__(config, config.intermediate_size)
+
+
+class BertLayer(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.attention = BertAttention(config)
+        self.intermediate = BertIntermediate(config)
+        self.output = BertOutput(config)
+
+    def forward(self, hidden_states, attention_mask, swap_qk=False):
+        attention_output = self.attention(hidden_states, attention_mask, swap_qk)
+        return self.output(self.intermediate(attention_output), attention_output)
+
+
+def plain_schedule(num_layers):
+    """Each physical layer once, without the Q/K swap."""
+    return tuple((i, False) for i in range(num_layers))
+
+
+class BertEncoder(nn.Module):
+    """Runs the physical layers in `schedule` order: a tuple of (layer index, swap Q/K) pairs.
+
+    `swap_flip_prob` > 0 flips each effective layer's swap flag at random, in training only.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
+        self.schedule = plain_schedule(config.num_hidden_layers)
+        self.swap_flip_prob = 0.0
+
+    def set_schedule(self, schedule, swap_flip_prob=0.0):
+        schedule = tuple((int(i), bool(s)) for i, s in schedule)
+        bad = [i for i, _ in schedule if not 0 <= i < len(self.layer)]
+        if not schedule or bad:
+            raise ValueError(f"schedule {schedule} names layers outside 0..{len(self.layer) - 1}")
+        if not 0.0 <= swap_flip_prob <= 1.0:
+            raise ValueError(f"swap_flip_prob {swap_flip_prob} is not in [0, 1]")
+        self.schedule = schedule
+        self.swap_flip_prob = float(swap_flip_prob)
+
+    def forward(self, hidden_states, attention_mask, output_all_encoded_layers=False):
+        """Returns (last hidden state (B, S, H), each effective layer's output or ())."""
+        schedule = self.schedule
+        if self.training and self.swap_flip_prob > 0:
+            flips = (torch.rand(len(schedule)) < self.swap_flip_prob).tolist()
+            schedule = tuple((i, s != f) for (i, s), f in zip(schedule, flips))
+        all_layers = []
+        for index, swap_qk in schedule:
+            hidden_states = self.layer[index](hidden_states, attention_mask, swap_qk)
+            if output_all_encoded_layers:
+                all_layers.append(hidden_states)
+        return hidden_states, tuple(all_layers)
+
+
+class BertPooler(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.activation = nn.Tanh()
+
+    def forward(self, hidden_states):
+        # the [CLS] token's vector of the last layer: (B, S, H) -> (B, H)
+        return self.activation(self.dense(hidden_states[:, 0]))
+
+
+class EncoderOutput(NamedTuple):
+    sequence_output: torch.Tensor   # (B, S, H): last effective layer
+    pooled_output: torch.Tensor     # (B, H)
+    encoded_layers: tuple           # each effective layer's (B, S, H), or () unless asked for
+
+
+class ClassifierOutput(NamedTuple):
+    logits: torch.Tensor            # (B, num_labels)
+    pooled_output: torch.Tensor     # (B, H)
+    encoded_layers: tuple           # as in EncoderOutput
+
+
+def extended_attention_mask(attention_mask, dtype):
+    """(B, S) of 1 (token) / 0 (padding) -> additive (B, 1, 1, S) mask for the attention scores."""
+    mask = attention_mask[:, None, None, :].to(dtype)
+    return (1.0 - mask) * torch.finfo(dtype).min
+
+
+class BertPreTrainedModel(nn.Module):
+    """Weight initialisation and loading from a pretrained directory."""
+
+    def __init__(self, config):
+        super().__init__()
+        if not isinstance(config, BertConfig):
+            raise ValueError(f"config must be a BertConfig, not {type(config).__name__}")
+        self.config = config
+
+    def init_bert_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            module.weight.data.normal_(mean=0.0, std=self.config.initializer_range)
+        elif isinstance(module, nn.LayerNorm):
+            module.weight.data.fill_(1.0)
+        if isinstance(module, (nn.Linear, nn.LayerNorm)) and module.bias is not None:
+            module.bias.data.zero_()
+
+    def load_state_dict_strict(self, state_dict, expected_missing=(), ignored_unexpected=()):
+        """Loads `state_dict`; any missing or unexpected key not declared is an error listing them.
+
+        `expected_missing` / `ignored_unexpected` are key prefixes the caller declares (a new
+        head, a pretraining head it drops).
+        """
+        own = self.state_dict()
+        missing = [k for k in own if k not in state_dict and not k.startswith(tuple(expected_missing))]
+        unexpected = [k for k in state_dict
+                      if k not in own and not k.startswith(tuple(ignored_unexpected))]
+        wrong_shape = [f"{k} {tuple(v.shape)} != {tuple(own[k].shape)}"
+                       for k, v in state_dict.items() if k in own and v.shape != own[k].shape]
+        if missing or unexpected or wrong_shape:
+            raise ValueError(f"state dict does not fit {type(self).__name__}: "
+                             f"missing keys {missing}, unexpected keys {unexpected}, "
+                             f"wrong shapes {wrong_shape}")
+        self.load_state_dict({k: v for k, v in state_dict.items() if k in own}, strict=False)
+
+    @classmethod
+    def from_pretrained(cls, directory, config=None, expected_missing=(), ignored_unexpected=(),
+                        **kwargs):
+        """Builds the model from a pretrained directory (2019 or today's layout), strictly.
+
+        Pretraining heads (`cls.*`) and the `position_ids` buffer of some checkpoints are dropped;
+        every other key must fit. `config` overrides the directory's config.
+        """
+        config = config or load_config(directory)
+        model = cls(config, **kwargs)
+        state = normalize_state_dict(load_pretrained_weights(directory), cls.bert_prefix)
+        model.load_state_dict_strict(state, expected_missing=expected_missing,
+                                     ignored_unexpected=ignored_unexpected)
+        return model
+
+
+class BertModel(BertPreTrainedModel):
+    """Embeddings, encoder and pooler; `forward` returns an `EncoderOutput`."""
+
+    bert_prefix = ""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.embeddings = BertEmbeddings(config)
+        self.encoder = BertEncoder(config)
+        self.pooler = BertPooler(config)
+        self.apply(self.init_bert_weights)
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None,
+                output_all_encoded_layers=False):
+        # input_ids, token_type_ids, attention_mask: (B, S)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        embedding_output = self.embeddings(input_ids, token_type_ids)
+        mask = extended_attention_mask(attention_mask, embedding_output.dtype)
+        sequence_output, encoded_layers = self.encoder(embedding_output, mask,
+                                                       output_all_encoded_layers)
+        return EncoderOutput(sequence_output, self.pooler(sequence_output), encoded_layers)
+
+
+class BertForSequenceClassification(BertPreTrainedModel):
+    """BERT + dropout + a linear classifier on the pooled output; regression when num_labels=1."""
+
+    bert_prefix = "bert."
+
+    def __init__(self, config, num_labels=2):
+        super().__init__(config)
+        self.num_labels = num_labels
+        self.bert = BertModel(config)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.classifier = nn.Linear(config.hidden_size, num_labels)
+        self.classifier.apply(self.init_bert_weights)
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None,
+                output_all_encoded_layers=False):
+        out = self.bert(input_ids, token_type_ids, attention_mask, output_all_encoded_layers)
+        logits = self.classifier(self.dropout(out.pooled_output))
+        return ClassifierOutput(logits, out.pooled_output, out.encoded_layers)
+
+    @classmethod
+    def from_pretrained(cls, directory, config=None, expected_missing=("classifier.",),
+                        ignored_unexpected=(), **kwargs):
+        """As BertPreTrainedModel.from_pretrained; the classifier is new unless the file has one."""
+        return super().from_pretrained(directory, config, expected_missing, ignored_unexpected,
+                                       **kwargs)
+
+
+def _find(directory, names, what):
+    directory = Path(directory)
+    for name in names:
+        if (directory / name).is_file():
+            return directory / name
+    raise FileNotFoundError(f"pretrained model directory {directory} has no {what} "
+                            f"(looked for {', '.join(names)})")
+
+
+def load_config(directory):
+    """The BertConfig of a pretrained directory (`config.json` or `bert_config.json`)."""
+    return BertConfig.from_json_file(_find(directory, CONFIG_NAMES, "config"))
+
+
+def load_pretrained_weights(directory):
+    """The raw state dict of a pretrained directory (safetensors or pytorch_model.bin)."""
+    return load_state_dict_file(_find(directory, WEIGHTS_NAMES, "weights"))
+
+
+def normalize_state_dict(state_dict, bert_prefix):
+    """Maps any published BERT key layout onto ours.
+
+    TF-style LayerNorm `gamma`/`beta` become `weight`/`bias`; the encoder's keys get exactly
+    `bert_prefix` ("bert." for a classifier, "" for a bare BertModel) whether or not the file
+    had one; pretraining heads (`cls.`) and `position_ids` buffers are dropped.
+    """
+    out = {}
+    for key, value in state_dict.items():
+        key = key.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta",
+                                                                         "LayerNorm.bias")
+        if key.startswith("cls.") or key.endswith("position_ids"):
+            continue
+        if key.startswith("bert."):
+            key = key[len("bert."):]
+        is_head = not key.startswith(("embeddings.", "encoder.", "pooler."))
+        out[key if is_head else bert_prefix + key] = value
+    return out
+
+
+def count_parameters(module):
+    """Number of distinct parameters (shared tensors counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in module.parameters()}.values())

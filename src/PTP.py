@@ -1,0 +1,63 @@
+"""Pretrains a student on PTP labels made from the teacher's predictions (SPEC 4.3, step 3).
+
+    python src/PTP.py --task MRPC --model_type SPS --student_hidden_layers 3 --output_dir run-1
+
+Each train (and dev) example gets a 4-way label: the teacher confidently correct, unconfidently
+correct, confidently wrong or unconfidently wrong (thresholds t1, t2 per task, or `median`).
+The student learns them with cross-entropy on a 4-way head; finetune.py --load_model_dir
+run-1/PTP.encoder_loss.pkl then starts from its encoder with a fresh task head.
+"""
+import argparse
+import dataclasses
+
+from utils.args import (add_model_args, add_output_args, add_ptp_args, add_task_args,
+                        add_teacher_file_args, add_train_args, check_common)
+from utils.errors import PeakdError
+from utils.glue import get_task
+from utils.pipeline import load_teacher, prepare_student, run_cli, start_run
+from utils.ptp import PTP_LABEL_NAMES, PTP_NUM_LABELS, ptp_labels, resolve_thresholds
+from utils.train import task_loss, train
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    for add in (add_task_args, add_model_args, add_output_args, add_train_args,
+                add_teacher_file_args, add_ptp_args):
+        add(parser)
+    return parser
+
+
+def run(args):
+    check_common(args)
+    if get_task(args.task).output_mode != "classification":
+        raise PeakdError(f"PTP needs a classification task; {args.task} is a regression task "
+                         "(train its student with finetune.py, without PTP)")
+    task, model_dir, _, model, config, data = prepare_student(args, PTP_NUM_LABELS)
+    splits = ("train",) + task.dev_splits
+    teacher = load_teacher(args, task, data, need_patient=False, splits=splits)["splits"]
+    train_logits, train_gold = teacher["train"]["logits"], data["train"][1].labels
+    args.ptp_thresholds_used = list(resolve_thresholds(task.name, args.ptp_thresholds,
+                                                       train_logits, train_gold))
+    relabelled = {}
+    for split in splits:
+        features = data[split][1]
+        labels = ptp_labels(teacher[split]["logits"], features.labels, *args.ptp_thresholds_used)
+        relabelled[split] = dataclasses.replace(features, labels=labels)
+        counts = labels.bincount(minlength=PTP_NUM_LABELS).tolist()
+        print(f"PTP labels {split}: " + ", ".join(f"{n} {name}" for n, name in
+                                                  zip(counts, PTP_LABEL_NAMES)))
+    ptp_task = dataclasses.replace(task, name=f"{task.name}-PTP", labels=PTP_LABEL_NAMES,
+                                   main_metric="acc", metric_names=("acc",))
+    args.train_type = "ptp"
+    run_dir = start_run(args, task, model_dir, config)
+    return train(model, relabelled["train"], {s: relabelled[s] for s in task.dev_splits},
+                 ptp_task, args, lambda out, batch: task_loss(out.logits, batch["labels"], False),
+                 run_dir, prefix="PTP")
+
+
+def main(argv=None):
+    return run_cli(build_parser(), run, argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""Download a pretrained BERT (config.json, vocab.txt, pytorch_model.bin) into models/pretrained/<name>/.
+
+Usage: python download_pretrained_bert.py [--name bert-base-uncased] [--output_dir DIR] [--force]
+
+Every file goes to a temporary folder beside the model folder and is checked against the size the
+server announced; the folder is renamed into place only when all files have arrived, so a failure
+leaves nothing half-written. Errors are reported on one line and the exit status is 1.
+"""
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import requests
+
+DEFAULT_NAME = "bert-base-uncased"
+DEFAULT_FILES = ("config.json", "vocab.txt", "pytorch_model.bin")
+HF_URL = "https://huggingface.co/{name}/resolve/main"
+
+CHUNK = 1 << 20
+
+
+class FetchError(Exception):
+    """A file could not be fetched; the message says which and why, in one line."""
+
+
+def default_output_dir():
+    """models/pretrained under src/data, unless the project's data variables say otherwise."""
+    if os.environ.get("PEAKD_PRETRAINED_DIR"):
+        return Path(os.environ["PEAKD_PRETRAINED_DIR"])
+    if os.environ.get("PEAKD_DATA_DIR"):
+        return Path(os.environ["PEAKD_DATA_DIR"]) / "models" / "pretrained"
+    return Path(__file__).resolve().parents[1] / "models" / "pretrained"
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description="Download a pretrained BERT checkpoint.")
+    parser.add_argument("--name", default=DEFAULT_NAME, help=f"model name and folder name (default: {DEFAULT_NAME})")
+    parser.add_argument("--output_dir", type=Path, default=None,
+                        help="parent of the <name>/ folder (default: $PEAKD_PRETRAINED_DIR, else "
+                             "$PEAKD_DATA_DIR/models/pretrained, else src/data/models/pretrained)")
+    parser.add_argument("--base_url", default=None,
+                        help="where the files are (default: $PEAKD_BERT_BASE_URL, else "
+                             + HF_URL.format(name="<name>") + ")")
+    parser.add_argument("--files", default=",".join(DEFAULT_FILES),
+                        help="comma-separated file names to fetch (default: %(default)s)")
+    parser.add_argument("--force", action="store_true", help="download again a model that is already present")
+    parser.add_argument("--timeout", type=float, default=60.0,
+                        help="seconds to wait for a connection or for data before giving up (default: 60)")
+    return parser
+
+
+def _root_cause(exc):
+    """The innermost OS-level reason of a requests error, which says more than the wrapper chain."""
+    seen = set()
+    stack = [exc]
+    while stack:
+        cur = stack.pop()
+        if cur is None or id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.strerror:
+            return cur.strerror
+        stack.extend([cur.__cause__, cur.__context__, getattr(cur, "reason", None)])
+        stack.extend(arg for arg in getattr(cur, "args", ()) if isinstance(arg, BaseException))
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def fetch(url, dest, timeout):
+    """Download `url` into `dest`, checking status, size against Content-Length and non-emptiness."""
+    received = 0
+    expected = None
+    try:
+        # Identity encoding keeps Content-Length comparable with the bytes we write.
+        with requests.get(url, stream=True, timeout=timeout, headers={"Accept-Encoding": "identity"}) as resp:
+            if resp.status_code != 200:
+                raise FetchError(f"download of {url} failed: HTTP {resp.status_code}")
+            length = resp.headers.get("Content-Length")
+            if length is not None and length.isdigit() and not resp.headers.get("Content-Encoding"):
+                expected = int(length)
+            with open(dest, "wb") as out:
+                for chunk in resp.iter_content(CHUNK):
+                    out.write(chunk)
+                    received += len(chunk)
+    except requests.exceptions.ChunkedEncodingError:
+        total = f" of {expected}" if expected is not None else ""
+        raise FetchError(f"download of {url} failed: truncated (connection closed after {received}{total} bytes)")
+    except requests.exceptions.Timeout:
+        raise FetchError(f"download of {url} failed: timed out after {timeout:g} s")
+    except requests.exceptions.RequestException as exc:
+        raise FetchError(f"download of {url} failed: {_root_cause(exc)}")
+    if expected is not None and received != expected:
+        raise FetchError(f"download of {url} failed: truncated ({received} of {expected} bytes)")
+    if received == 0:
+        raise FetchError(f"download of {url} failed: the server sent an empty file")
+
+
+def download_model(name, files, output_dir, base_url, timeout):
+    """Fetch every file into a temporary folder in output_dir, then rename it to output_dir/<name>."""
+    final = output_dir / name
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=output_dir))
+    except OSError as exc:
+        raise FetchError(f"cannot write under {output_dir}: {exc.strerror or exc}")
+    try:
+        staged = work / name
+        staged.mkdir()
+        for file_name in files:
+            print(f"downloading {base_url}/{file_name} ...", flush=True)
+            fetch(f"{base_url}/{file_name}", staged / file_name, timeout)
+        if final.exists():
+            # Moved aside rather than deleted first, so it can be put back if the swap fails.
+            previous = work / "previous"
+            final.rename(previous)
+            try:
+                staged.rename(final)
+            except OSError:
+                previous.rename(final)
+                raise
+        else:
+            staged.rename(final)
+    except OSError as exc:
+        raise FetchError(f"cannot write under {output_dir}: {exc.strerror or exc}")
+    finally:
+        # Also runs on Ctrl-C, so an interrupted download leaves no partial files.
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    name = args.name.strip().strip("/")
+    files = [f.strip() for f in args.files.split(",") if f.strip()]
+    if not name or not files:
+        print("error: --name and --files must not be empty", file=sys.stderr)
+        sys.exit(1)
+    # The folder name drops any organisation prefix ("google-bert/bert-base-uncased" -> bert-base-uncased).
+    folder_name = name.rsplit("/", 1)[-1]
+    output_dir = args.output_dir if args.output_dir is not None else default_output_dir()
+    base_url = (args.base_url or os.environ.get("PEAKD_BERT_BASE_URL") or HF_URL.format(name=name)).rstrip("/")
+
+    final = output_dir / folder_name
+    if not args.force and all((final / f).is_file() and (final / f).stat().st_size > 0 for f in files):
+        print(f"skip: {folder_name} is already in {final} (use --force to download it again)")
+        return
+    try:
+        download_model(folder_name, files, output_dir, base_url, args.timeout)
+    except FetchError as exc:
+        print(f"error: model {name}: {exc}", file=sys.stderr)
+        sys.exit(1)
+    print(f"done: {name} -> {final}")
+
+
+if __name__ == "__main__":
+    main()

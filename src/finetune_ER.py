@@ -1,0 +1,56 @@
+"""Trains an SPS student with the SPS-specific knobs (SPEC 4.4).
+
+Same flags and outputs as `finetune.py --model_type SPS`, plus --sps_layers (which physical
+layers the second pass re-runs; default all, the original 6-layer student re-ran 4,5,6) and
+--swap_prob (random flips of the Q/K swap during training; evaluation never flips).
+
+    python src/finetune_ER.py --task MRPC --train_type pkd --student_hidden_layers 6 \
+        --sps_layers 4,5,6 --output_dir run-1/er
+"""
+import argparse
+
+from utils.args import (add_distill_args, add_model_args, add_output_args, add_sps_args,
+                        add_task_args, add_teacher_file_args, add_train_args)
+from utils.errors import PeakdError
+from utils.pipeline import run_cli, train_student
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    for add in (add_task_args, add_model_args, add_output_args, add_train_args,
+                add_distill_args, add_teacher_file_args, add_sps_args):
+        add(parser)
+    parser.set_defaults(model_type="SPS")
+    return parser
+
+
+def second_pass_layers(value, num_layers):
+    """--sps_layers (1-based comma list) -> 0-based indices; None means all layers."""
+    if value is None:
+        return None
+    try:
+        layers = [int(x) - 1 for x in value.split(",")]
+    except ValueError:
+        raise PeakdError(f"--sps_layers {value!r} must be comma-separated layer numbers") from None
+    if not layers or not all(0 <= i < num_layers for i in layers):
+        raise PeakdError(f"--sps_layers {value} must name layers in 1..{num_layers}")
+    return layers
+
+
+def run(args):
+    if args.model_type == "Original":
+        raise PeakdError("finetune_ER.py trains SPS students: use --model_type SPS or "
+                         "SPS_no_shuffle (or finetune.py for a plain one)")
+    if not 0.0 <= args.swap_prob <= 1.0:
+        raise PeakdError(f"--swap_prob {args.swap_prob} must be in [0, 1]")
+    return train_student(args, second_pass=second_pass_layers(args.sps_layers,
+                                                              args.student_hidden_layers),
+                         swap_flip_prob=args.swap_prob)
+
+
+def main(argv=None):
+    return run_cli(build_parser(), run, argv)
+
+
+if __name__ == "__main__":
+    main()

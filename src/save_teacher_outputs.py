@@ -1,0 +1,92 @@
+"""Runs a trained teacher over a task's splits and saves its predictions (SPEC 2, step 2).
+
+    python src/save_teacher_outputs.py --task MRPC --teacher_dir run-1
+
+Writes `<TASK>_patient_kd_teacher_<L>layer_result_summary.pkl` (`_normal_` with
+--no_layer_features) into the task's output folder: logits, pooled output and every layer's
+[CLS] vector for train, dev (and test when present, without labels), in file order. The file's
+path and schema belong to utils/teacher_outputs.py.
+"""
+import argparse
+from pathlib import Path
+
+from BERT.pytorch_pretrained_bert import BertConfig
+from utils import teacher_outputs
+from utils.args import add_task_args, task_output_dir
+from utils.checkpoints import checkpoint_path
+from utils.errors import PeakdError
+from utils.features import examples_fingerprint
+from utils.glue import get_task
+from utils.metrics import metrics_for
+from utils.modeling import effective_layers, load_tokenizer, load_trained
+from utils.pipeline import check_lengths, load_splits, run_cli
+from utils.runs import read_args
+from utils.train import autocast, collect_outputs, pick_device
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_task_args(parser)
+    g = parser.add_argument_group("teacher")
+    g.add_argument("--teacher_dir", required=True,
+                   help="the teacher's finetune.py run folder (relative: under the task's "
+                        "output folder)")
+    g.add_argument("--teacher_criterion", default="acc", choices=("acc", "loss"),
+                   help="which of the run's checkpoints to use (BERT.*_acc.pkl or *_loss.pkl)")
+    g.add_argument("--output_dir", default=None,
+                   help="folder for the teacher file (default: the task's output folder)")
+    g.add_argument("--no_layer_features", action="store_true",
+                   help="skip per-layer [CLS] vectors (writes the smaller `_normal_` file; "
+                        "enough for kd and PTP, not for pkd)")
+    parser.set_defaults(max_seq_length=None)
+    return parser
+
+
+def run(args):
+    task = get_task(args.task)
+    teacher_dir = task_output_dir(task.name, args.teacher_dir)
+    folder = task_output_dir(task.name, args.output_dir) if args.output_dir else None
+    if folder is not None and not folder.is_dir():
+        raise PeakdError(f"--output_dir {folder} does not exist")
+    run_args = read_args(teacher_dir)
+    if args.max_seq_length is None:
+        args.max_seq_length = run_args["max_seq_length"]
+    config = BertConfig.from_json_file(teacher_dir / "config.json")
+    check_lengths(args, config)
+    model = load_trained(config, task.num_labels, run_args["model_type"],
+                         checkpoint_path(teacher_dir, "BERT", "encoder", args.teacher_criterion),
+                         checkpoint_path(teacher_dir, "BERT", "cls", args.teacher_criterion))
+    tokenizer = load_tokenizer(teacher_dir)
+    has_test = (Path(args.data_dir) / task.dir_name / "test.tsv").is_file()
+    splits = ("train",) + task.dev_splits + (("test",) if has_test else ())
+    data = load_splits(task, args.data_dir, splits, tokenizer, args.max_seq_length)
+    device = pick_device(args)
+    model.to(device)
+    layers = not args.no_layer_features
+    entries = {}
+    for split, (examples, features) in data.items():
+        out = collect_outputs(model, features, args.eval_batch_size, device,
+                              autocast(args, device), args.pad_to_max_length, layers)
+        metrics = {}
+        if features.labels is not None:
+            logits = out["logits"]
+            preds = logits.view(-1) if task.output_mode == "regression" else logits.argmax(-1)
+            metrics = metrics_for(task.metric_names, preds.numpy(), features.labels.numpy())
+            print(f"teacher {task.name} {split}: " +
+                  ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        entries[split] = teacher_outputs.make_split(
+            examples_fingerprint(examples), out["logits"], out["pooled"], out.get("layer_cls"),
+            features.labels, features.input_ids, features.lengths, metrics)
+    depth = effective_layers(model)
+    path = teacher_outputs.default_path(task.name, depth, layers, folder)
+    teacher_outputs.save(path, task.name, depth, args.max_seq_length, teacher_dir, entries)
+    print(f"wrote {path}")
+    return path
+
+
+def main(argv=None):
+    return run_cli(build_parser(), run, argv)
+
+
+if __name__ == "__main__":
+    main()

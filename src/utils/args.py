@@ -1,0 +1,171 @@
+"""Every command-line flag, defined once in argument groups the scripts pick from.
+
+Flags whose default depends on `--train_type` default to None and are filled from PRESETS by
+`apply_presets`; a value given on the command line is never overridden.
+"""
+import argparse
+from pathlib import Path
+
+import envs
+
+from .errors import PeakdError
+
+# Visible per-train-type defaults (SPEC 5); a flag given explicitly always wins.
+PRESETS = {
+    "ft": {"alpha": 0.0, "T": 1.0, "beta": 0.0, "normalize_patience": False},
+    "kd": {"alpha": 0.7, "T": 10.0, "beta": 0.0, "normalize_patience": False},
+    "pkd": {"alpha": 0.7, "T": 10.0, "beta": 100.0, "normalize_patience": True},
+}
+TRAIN_TYPES = tuple(PRESETS)
+
+
+def str2bool(value):
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def add_task_args(parser):
+    g = parser.add_argument_group("task and data")
+    g.add_argument("--task", required=True, help="GLUE task name (case-insensitive), e.g. MRPC")
+    g.add_argument("--data_dir", default=str(envs.GLUE_DIR),
+                   help="folder holding <TASK>/train.tsv etc. (default: %(default)s)")
+    g.add_argument("--max_seq_length", type=int, default=128)
+    g.add_argument("--eval_batch_size", type=int, default=64)
+    g.add_argument("--pad_to_max_length", action="store_true",
+                   help="pad every batch to --max_seq_length instead of its longest sequence")
+    g.add_argument("--no_cuda", action="store_true", help="run on the CPU even if CUDA is there")
+    g.add_argument("--fp16", action="store_true", help="fp16 autocast and grad scaling (CUDA)")
+    g.add_argument("--bf16", action="store_true", help="bf16 autocast (GPUs or CPUs with bf16)")
+    return g
+
+
+def add_model_args(parser):
+    g = parser.add_argument_group("model")
+    g.add_argument("--bert_model", default="bert-base-uncased",
+                   help="pretrained BERT directory, or a name under src/data/models/pretrained")
+    g.add_argument("--model_type", default="Original",
+                   choices=("Original", "SPS", "SPS_no_shuffle"))
+    g.add_argument("--student_hidden_layers", type=int, default=3,
+                   help="physical layers of the trained model (12 for a BERT-base teacher)")
+    g.add_argument("--layer_initialization", default=None,
+                   help="1-based pretrained layers to initialise the student from, e.g. 1,5,9 "
+                        "(default: the first k)")
+    g.add_argument("--load_model_dir", default=None,
+                   help="encoder checkpoint to start from (e.g. run-1/PTP.encoder_loss.pkl); "
+                        "relative paths are under the task's output folder")
+    return g
+
+
+def add_output_args(parser):
+    g = parser.add_argument_group("output")
+    g.add_argument("--output_dir", required=True,
+                   help="run folder; relative paths are under src/data/outputs/KD/<TASK>/")
+    g.add_argument("--overwrite_output_dir", action="store_true",
+                   help="allow writing into a folder that already holds a finished run")
+    return g
+
+
+def add_train_args(parser):
+    g = parser.add_argument_group("training")
+    g.add_argument("--learning_rate", type=float, default=2e-5)
+    g.add_argument("--num_train_epochs", type=float, default=4.0)
+    g.add_argument("--train_batch_size", type=int, default=32)
+    g.add_argument("--warmup_proportion", type=float, default=0.1)
+    g.add_argument("--weight_decay", type=float, default=0.01)
+    g.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    g.add_argument("--train_seed", type=int, default=42)
+    g.add_argument("--max_steps", type=int, default=None,
+                   help="stop after this many optimizer steps (smoke runs)")
+    g.add_argument("--eval_steps", type=int, default=None,
+                   help="also evaluate every N optimizer steps (default: once per epoch)")
+    g.add_argument("--logging_steps", type=int, default=20,
+                   help="optimizer steps between loss log lines (and non-finite checks)")
+    g.add_argument("--saving_criterion_acc", type=float, default=0.0,
+                   help="save *_acc checkpoints only when the dev metric beats this too")
+    g.add_argument("--saving_criterion_loss", type=float, default=float("inf"),
+                   help="save *_loss checkpoints only when the dev loss is below this too")
+    g.add_argument("--do_predict", action="store_true",
+                   help="after training, write predictions on the test split (no labels)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    return g
+
+
+def add_distill_args(parser):
+    g = parser.add_argument_group("distillation (presets per --train_type; flags win)")
+    g.add_argument("--train_type", default="ft", choices=TRAIN_TYPES)
+    g.add_argument("--alpha", type=float, default=None, help="weight of the KD term, in [0, 1]")
+    g.add_argument("--T", type=float, default=None, help="softmax temperature of the KD term")
+    g.add_argument("--beta", type=float, default=None, help="weight of the patient loss")
+    g.add_argument("--fc_layer_idx", default=None,
+                   help="0-based teacher layers paired with the student's, e.g. 3,7 "
+                        "(default: the PKD-skip rule)")
+    g.add_argument("--normalize_patience", type=str2bool, default=None,
+                   help="L2-normalise [CLS] vectors in the patient loss (true/false)")
+    return g
+
+
+def add_teacher_file_args(parser):
+    g = parser.add_argument_group("teacher predictions")
+    g.add_argument("--teacher_prediction", default=None,
+                   help="teacher outputs file (default: the one save_teacher_outputs.py writes "
+                        "for this task, in the task's output folder)")
+    return g
+
+
+def add_ptp_args(parser):
+    g = parser.add_argument_group("PTP")
+    g.add_argument("--ptp_thresholds", default=None,
+                   help="t1,t2 confidence thresholds, or 'median' (default: per-task table)")
+    return g
+
+
+def add_sps_args(parser):
+    g = parser.add_argument_group("SPS")
+    g.add_argument("--sps_layers", default=None,
+                   help="1-based physical layers the second pass re-runs, e.g. 4,5,6 "
+                        "(default: all)")
+    g.add_argument("--swap_prob", type=float, default=0.0,
+                   help="training only: probability of flipping each effective layer's Q/K "
+                        "swap per step (0: deterministic SPS)")
+    return g
+
+
+def apply_presets(args):
+    """Fills the preset flags left at None from PRESETS[train_type]; checks their ranges."""
+    for key, value in PRESETS[args.train_type].items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    if not 0.0 <= args.alpha <= 1.0:
+        raise PeakdError(f"--alpha {args.alpha} must be in [0, 1]")
+    if args.T <= 0:
+        raise PeakdError(f"--T {args.T} must be > 0")
+    if args.beta < 0:
+        raise PeakdError(f"--beta {args.beta} must be >= 0")
+    return args
+
+
+def check_common(args):
+    """Range checks shared by the scripts that train."""
+    positive = ("train_batch_size", "eval_batch_size", "gradient_accumulation_steps",
+                "max_seq_length")
+    for name in positive:
+        if getattr(args, name, 1) < 1:
+            raise PeakdError(f"--{name} {getattr(args, name)} must be >= 1")
+    if getattr(args, "learning_rate", 1.0) <= 0:
+        raise PeakdError(f"--learning_rate {args.learning_rate} must be > 0")
+    if not 0.0 <= getattr(args, "warmup_proportion", 0.0) < 1.0:
+        raise PeakdError(f"--warmup_proportion {args.warmup_proportion} must be in [0, 1)")
+    if getattr(args, "num_train_epochs", 1.0) <= 0:
+        raise PeakdError(f"--num_train_epochs {args.num_train_epochs} must be > 0")
+    if args.fp16 and args.bf16:
+        raise PeakdError("--fp16 and --bf16 exclude each other; pick one")
+    return args
+
+
+def task_output_dir(task_name, path):
+    """A relative --output_dir / --load_model_dir lives under src/data/outputs/KD/<TASK>/."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else envs.OUTPUT_DIR / task_name / path

@@ -1,0 +1,74 @@
+"""Atomic writes and safe reads of the `.pkl` checkpoints and json files runs leave behind.
+
+A write goes to a temporary file in the same folder and is renamed over the target, so a crash
+mid-save leaves the previous file intact. A read uses `torch.load(weights_only=True)`: a file that
+would run code when unpickled is refused, never executed.
+"""
+import json
+import os
+import pickle
+from pathlib import Path
+
+import torch
+
+from .errors import PeakdError
+
+CHECKPOINT_PARTS = ("encoder", "cls")
+
+
+def _atomic_write(path, write):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_torch_save(obj, path):
+    """torch.save to a temporary file in the same folder, then rename over `path`."""
+    _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def write_json(path, obj):
+    """Atomic json write (sorted keys, indented)."""
+    text = json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
+    _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def safe_torch_load(path, what="file"):
+    """torch.load(weights_only=True) with one-line errors for missing, unsafe or broken files."""
+    path = Path(path)
+    if not path.is_file():
+        raise PeakdError(f"{what} {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PeakdError(f"refused to load {what} {path}: it holds objects other than tensors "
+                         f"and plain data, which could run code ({first[:120]})") from None
+    except (EOFError, RuntimeError, ValueError, OSError) as e:
+        raise PeakdError(f"{what} {path} is corrupted or truncated ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:120] if str(e) else ''}); delete it and "
+                         f"rerun the step that wrote it") from None
+
+
+def checkpoint_path(run_dir, prefix, part, criterion):
+    """`<run_dir>/<prefix>.<part>_<criterion>.pkl`, e.g. `run-1/BERT.encoder_loss.pkl`."""
+    if part not in CHECKPOINT_PARTS:
+        raise ValueError(f"part must be one of {CHECKPOINT_PARTS}, not {part!r}")
+    return Path(run_dir) / f"{prefix}.{part}_{criterion}.pkl"
+
+
+def save_model_checkpoint(model, run_dir, prefix, criterion):
+    """Writes the encoder (BertModel keys, no `bert.` prefix) and the classifier separately."""
+    atomic_torch_save(model.bert.state_dict(),
+                      checkpoint_path(run_dir, prefix, "encoder", criterion))
+    atomic_torch_save(model.classifier.state_dict(),
+                      checkpoint_path(run_dir, prefix, "cls", criterion))

@@ -1,0 +1,222 @@
+"""The embedded default of `make demo`: a generated sentiment task and a small, never-pretrained BERT.
+
+Both are built here, deterministically from a seed, so the whole pipeline runs offline on a CPU
+without GLUE or a downloaded checkpoint. Nothing in them is real: the task is synthetic English-like
+sentences whose label is the polarity of one adjective, flipped by a negation; the "pretrained"
+model has random weights. Demo numbers show that the pipeline runs, not what PeaKD achieves.
+
+Each builder writes into a temporary folder beside its output and renames it into place, so a
+crash never leaves a half-written task or model; a finished output is reused unless `force=True`
+or the parameters it was built with (recorded in `demo_info.json`) differ.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+TASK_DIR_NAME = "DEMO"  # the folder make_demo_task fills; the demo passes it as --data_dir
+INFO_NAME = "demo_info.json"
+SPLIT_FILES = ("train.tsv", "dev.tsv", "test.tsv")
+MODEL_FILES = ("config.json", "model.safetensors", "vocab.txt")
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+NOT_PRETRAINED = ("DEMO MODEL, NEVER PRETRAINED: its weights are random (seed {seed}). It exists so "
+                  "that `make demo` runs offline; its results say nothing about BERT or PeaKD.")
+
+DETERMINERS = ("the", "this", "that", "our", "my", "their")
+SUBJECTS = ("movie", "film", "story", "plot", "script", "cast", "soundtrack", "ending", "director",
+            "acting", "dialogue", "pacing", "sequel", "screenplay", "performance", "music",
+            "premise", "finale", "scenery", "humor")
+VERBS = ("was", "is", "seemed", "felt", "looked", "sounded", "remained", "became")
+INTENSIFIERS = ("very", "really", "quite", "truly", "rather", "so", "extremely", "pretty",
+                "fairly", "somewhat")
+POSITIVE = ("good", "great", "charming", "wonderful", "brilliant", "moving", "delightful",
+            "clever", "funny", "beautiful", "enjoyable", "gripping", "fresh", "superb", "touching",
+            "witty", "solid", "pleasant", "excellent", "memorable")
+NEGATIVE = ("bad", "awful", "boring", "dull", "terrible", "clumsy", "tedious", "bland", "weak",
+            "messy", "lifeless", "painful", "silly", "predictable", "forgettable", "shallow",
+            "poor", "tiresome", "annoying", "flat")
+NEGATIONS = ("not", "never")
+# phrases and clauses that carry no sentiment: the model has to learn to look past them
+OPENERS = ("in the end", "to be honest", "for the most part", "last night", "at times",
+           "in my view", "after all", "on the whole", "from start to finish", "as expected")
+CLOSERS = ("on the big screen", "for a sunday", "with my friends", "at the festival",
+           "in the second half", "for its length", "this time", "from the first scene")
+PLACES = ("theater", "room", "hall", "cinema", "crowd", "weather", "ticket", "line")
+NEUTRAL = ("crowded", "quiet", "long", "short", "new", "old", "loud", "cold", "warm", "empty")
+
+NEGATION_RATE = 0.3
+LABEL_NOISE = 0.03
+MIN_WORDS, MAX_WORDS = 5, 15
+
+
+def demo_sentence(rng: random.Random) -> tuple[str, int]:
+    """One sentence and its clean label (1 positive, 0 negative), 5 to 15 space-separated words.
+
+    The label is the adjective's polarity, flipped when a negation stands before it; punctuation is
+    its own word so that the vocabulary built from the corpus covers every token.
+    """
+    while True:
+        positive = rng.random() < 0.5
+        negated = rng.random() < NEGATION_RATE
+        words = []
+        if rng.random() < 0.3:
+            words += rng.choice(OPENERS).split() + [","]
+        words += [rng.choice(DETERMINERS), rng.choice(SUBJECTS), rng.choice(VERBS)]
+        if negated:
+            words.append(rng.choice(NEGATIONS))
+        if rng.random() < 0.5:
+            words.append(rng.choice(INTENSIFIERS))
+        words.append(rng.choice(POSITIVE if positive else NEGATIVE))
+        if rng.random() < 0.3:
+            words += rng.choice(CLOSERS).split()
+        if rng.random() < 0.25:
+            words += [rng.choice(("and", "while", "although")), "the", rng.choice(PLACES), "was",
+                      rng.choice(NEUTRAL)]
+        words.append(".")
+        if MIN_WORDS <= len(words) <= MAX_WORDS:
+            return " ".join(words), int(positive != negated)
+
+
+def _task_params(seed: int, n_train: int, n_dev: int, n_test: int) -> dict:
+    return {"kind": "demo task", "seed": seed, "n_train": n_train, "n_dev": n_dev,
+            "n_test": n_test, "label_noise": LABEL_NOISE, "negation_rate": NEGATION_RATE}
+
+
+def make_demo_task(out_dir: str | Path, seed: int = 0, n_train: int = 2000, n_dev: int = 400,
+                   n_test: int = 200, force: bool = False) -> Path:
+    """Writes `out_dir/DEMO/{train,dev,test}.tsv` in the SST-2 layout and returns that folder.
+
+    train/dev: header `sentence<TAB>label`, label 0/1; test: header `index<TAB>sentence`. About 3%
+    of train and dev labels are flipped at random, so dev accuracy tops out near 0.97. The same
+    seed and sizes give the same bytes.
+    """
+    task_dir = Path(out_dir) / TASK_DIR_NAME
+    params = _task_params(seed, n_train, n_dev, n_test)
+    if not force and _is_built(task_dir, SPLIT_FILES, params):
+        return task_dir
+    rng = random.Random(seed)
+    splits = {}
+    for name, size in (("train", n_train), ("dev", n_dev)):
+        rows = ["sentence\tlabel"]
+        for _ in range(size):
+            sentence, label = demo_sentence(rng)
+            if rng.random() < LABEL_NOISE:
+                label = 1 - label
+            rows.append(f"{sentence}\t{label}")
+        splits[f"{name}.tsv"] = rows
+    splits["test.tsv"] = ["index\tsentence"] + [f"{i}\t{demo_sentence(rng)[0]}"
+                                                 for i in range(n_test)]
+
+    def write(tmp: Path) -> None:
+        for file_name, rows in splits.items():
+            (tmp / file_name).write_text("\n".join(rows) + "\n", encoding="utf-8")
+
+    _publish(task_dir, params, write)
+    return task_dir
+
+
+def corpus_texts(path: str | Path) -> list[str]:
+    """The texts of a corpus file: the `sentence` column of an SST-2-style TSV, else every line."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    header = lines[0].split("\t") if lines else []
+    if "sentence" in header:
+        column = header.index("sentence")
+        return [line.split("\t")[column] for line in lines[1:] if line.strip()]
+    return [line for line in lines if line.strip()]
+
+
+def build_vocab(texts) -> list[str]:
+    """BERT's special tokens, then every lower-cased basic token of `texts`, sorted."""
+    from BERT.pytorch_pretrained_bert import BasicTokenizer
+
+    # the pipeline's own basic tokenizer decides what a word is, so each word is exactly one token
+    basic = BasicTokenizer(do_lower_case=True)
+    words = {token for text in texts for token in basic.tokenize(text)}
+    return list(SPECIAL_TOKENS) + sorted(words - set(SPECIAL_TOKENS))
+
+
+def make_demo_bert(out_dir: str | Path, corpus_files, seed: int = 0, hidden: int = 64,
+                   layers: int = 4, heads: int = 4, intermediate: int = 128,
+                   max_positions: int = 64, force: bool = False) -> Path:
+    """Writes a small BERT into `out_dir` (`config.json`, `model.safetensors`, `vocab.txt`).
+
+    The model was NEVER PRETRAINED: its weights are BERT's random initialisation drawn from
+    `seed`. It stands in for a pretrained checkpoint so that the pipeline runs offline; it learns
+    the demo task from scratch. `vocab.txt` holds the special tokens and every lower-cased word of
+    `corpus_files` (SST-2-style TSVs or plain text), so no demo word is split or unknown. The
+    global torch random state is left as it was.
+    """
+    import torch
+
+    from BERT.pytorch_pretrained_bert import BertConfig, BertModel, save_safetensors
+
+    out_dir = Path(out_dir)
+    corpus_files = [Path(p) for p in corpus_files]
+    digest = hashlib.sha256()
+    for path in corpus_files:
+        digest.update(path.read_bytes())
+    params = {"kind": "demo bert", "seed": seed, "hidden": hidden, "layers": layers,
+              "heads": heads, "intermediate": intermediate, "max_positions": max_positions,
+              "corpus_sha256": digest.hexdigest(), "note": NOT_PRETRAINED.format(seed=seed)}
+    if not force and _is_built(out_dir, MODEL_FILES, params):
+        return out_dir
+    vocab = build_vocab(text for path in corpus_files for text in corpus_texts(path))
+    config = BertConfig(len(vocab), hidden_size=hidden, num_hidden_layers=layers,
+                        num_attention_heads=heads, intermediate_size=intermediate,
+                        max_position_embeddings=max_positions)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        state = BertModel(config).state_dict()
+
+    def write(tmp: Path) -> None:
+        (tmp / "vocab.txt").write_text("".join(t + "\n" for t in vocab), encoding="utf-8")
+        config.to_json_file(tmp / "config.json")
+        save_safetensors(state, tmp / "model.safetensors",
+                         metadata={"note": NOT_PRETRAINED.format(seed=seed)})
+        (tmp / "README.txt").write_text(NOT_PRETRAINED.format(seed=seed) + "\n", encoding="utf-8")
+
+    _publish(out_dir, params, write)
+    return out_dir
+
+
+def read_info(folder: str | Path) -> dict | None:
+    """The parameters a finished demo output was built with, or None when there is none."""
+    try:
+        return json.loads((Path(folder) / INFO_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _is_built(folder: Path, files, params: dict) -> bool:
+    return read_info(folder) == params and all((folder / f).is_file() for f in files)
+
+
+def _publish(final: Path, params: dict, write) -> None:
+    """Runs `write(tmp)` on a fresh temporary folder, then puts it in place of `final` at once."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    # a per-process name (not mkdtemp, whose 0700 mode the published folder would keep)
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+    old = final.parent / f".{final.name}.old-{os.getpid()}"
+    for leftover in (tmp, old):
+        if leftover.exists():
+            shutil.rmtree(leftover)
+    tmp.mkdir()
+    try:
+        write(tmp)
+        # written last: its presence is what marks the folder as finished
+        (tmp / INFO_NAME).write_text(json.dumps(params, indent=2, sort_keys=True) + "\n",
+                                     encoding="utf-8")
+        if final.exists():
+            # a directory cannot be renamed over a non-empty one: move the old one aside first
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)

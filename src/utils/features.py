@@ -1,0 +1,101 @@
+"""GLUE examples -> token id tensors, and batches padded only to their own longest sequence.
+
+Every split is tokenized once into (N, max_seq_length) tensors; a batch is an index tensor whose
+rows are gathered and cut to the longest sequence among them, so padding costs nothing beyond the
+batch and no per-example Python runs in the training loop.
+"""
+import hashlib
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from .errors import PeakdError
+
+
+@dataclass
+class Features:
+    """One tokenized split, rows in file order.
+
+    input_ids, token_type_ids: (N, S) int64, zero-padded; lengths: (N,) real tokens per row;
+    labels: (N,) int64 class ids, (N,) float32 scores, or None for a split without labels.
+    """
+    input_ids: torch.Tensor
+    token_type_ids: torch.Tensor
+    lengths: torch.Tensor
+    labels: Optional[torch.Tensor]
+
+    def __len__(self):
+        return self.input_ids.shape[0]
+
+    def batch(self, index, pad_to_max=False):
+        """The rows `index` (B,) as a dict of (B, S_b) tensors; S_b = their longest length."""
+        width = self.input_ids.shape[1] if pad_to_max else int(self.lengths[index].max())
+        ids = self.input_ids[index, :width]
+        out = {"index": index, "input_ids": ids, "token_type_ids": self.token_type_ids[index, :width],
+               "attention_mask": (torch.arange(width) < self.lengths[index, None]).long()}
+        if self.labels is not None:
+            out["labels"] = self.labels[index]
+        return out
+
+
+def truncate_pair(tokens_a, tokens_b, max_length):
+    """Drops tokens from the end of the longer list until both fit `max_length` together."""
+    while len(tokens_a) + len(tokens_b) > max_length:
+        longer = tokens_a if len(tokens_a) > len(tokens_b) else tokens_b
+        longer.pop()
+
+
+def convert_examples_to_features(examples, tokenizer, max_seq_length, task):
+    """`[CLS] A [SEP] B [SEP]` ids with segment ids 0/1, longest-first truncation.
+
+    task: the TaskSpec (its labels map label strings to ids; regression keeps float scores).
+    """
+    if max_seq_length < 3:
+        raise PeakdError(f"--max_seq_length {max_seq_length} is too small: it must be at least 3")
+    n = len(examples)
+    input_ids = torch.zeros(n, max_seq_length, dtype=torch.long)
+    token_type_ids = torch.zeros(n, max_seq_length, dtype=torch.long)
+    lengths = torch.zeros(n, dtype=torch.long)
+    cls_id, sep_id = tokenizer.convert_tokens_to_ids(["[CLS]", "[SEP]"])
+    for row, ex in enumerate(examples):
+        tokens_a = tokenizer.tokenize(ex.text_a)
+        tokens_b = tokenizer.tokenize(ex.text_b) if ex.text_b is not None else []
+        truncate_pair(tokens_a, tokens_b, max_seq_length - (3 if ex.text_b is not None else 2))
+        ids = [cls_id] + tokenizer.convert_tokens_to_ids(tokens_a) + [sep_id]
+        types = [0] * len(ids)
+        if ex.text_b is not None:
+            ids += tokenizer.convert_tokens_to_ids(tokens_b) + [sep_id]
+            types += [1] * (len(tokens_b) + 1)
+        input_ids[row, :len(ids)] = torch.tensor(ids)
+        token_type_ids[row, :len(types)] = torch.tensor(types)
+        lengths[row] = len(ids)
+    return Features(input_ids, token_type_ids, lengths, encode_labels(examples, task))
+
+
+def encode_labels(examples, task):
+    """(N,) label tensor, or None when the split has no labels (a GLUE test file)."""
+    if any(ex.label is None for ex in examples):
+        return None
+    if task.output_mode == "regression":
+        return torch.tensor([float(ex.label) for ex in examples], dtype=torch.float32)
+    label_ids = {label: i for i, label in enumerate(task.labels)}
+    return torch.tensor([label_ids[ex.label] for ex in examples], dtype=torch.long)
+
+
+def examples_fingerprint(examples):
+    """sha256 over every example's id, texts and label: ties a teacher file to its data."""
+    digest = hashlib.sha256()
+    for ex in examples:
+        digest.update(repr((ex.guid, ex.text_a, ex.text_b, ex.label)).encode("utf-8"))
+    return digest.hexdigest()
+
+
+def train_batches(n, batch_size, generator):
+    """Shuffled index batches (the last one may be short) from a seeded torch.Generator."""
+    return list(torch.randperm(n, generator=generator).split(batch_size))
+
+
+def eval_batches(lengths, batch_size):
+    """Index batches grouped by length, so each batch pads little; callers restore file order."""
+    return list(torch.argsort(lengths, stable=True).split(batch_size))

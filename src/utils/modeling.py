@@ -1,0 +1,160 @@
+"""Building teachers and students: pretrained loading, PKD layer initialisation, SPS schedules.
+
+SPS (SPEC 4.2) is only a layer schedule: k physical layers run as L1..Lk, then L1..Lk again with
+Query and Key swapped. Parameters and state-dict names are those of the plain k-layer model.
+"""
+from pathlib import Path
+
+from BERT.pytorch_pretrained_bert import (BertConfig, BertForSequenceClassification,
+                                          BertTokenizer, load_pretrained_weights,
+                                          normalize_state_dict, plain_schedule)
+
+import envs
+
+from .checkpoints import safe_torch_load
+from .errors import PeakdError
+
+MODEL_TYPES = ("Original", "SPS", "SPS_no_shuffle")
+
+
+def resolve_bert_model(name):
+    """`--bert_model`: an existing directory as given, else `src/data/models/pretrained/<name>`."""
+    path = Path(name).expanduser()
+    if not path.is_dir():
+        path = envs.PRETRAINED_DIR / name
+    if not path.is_dir():
+        raise PeakdError(f"--bert_model {name}: no such directory (nor {path}); pass a model "
+                         "directory or run `bash preprocess.sh --with_bert`")
+    missing = [what for what, names in (("config", ("config.json", "bert_config.json")),
+                                        ("vocab", ("vocab.txt",)),
+                                        ("weights", ("model.safetensors", "pytorch_model.bin")))
+               if not any((path / n).is_file() for n in names)]
+    if missing:
+        raise PeakdError(f"--bert_model {path} is incomplete: no {', '.join(missing)} file; "
+                         "it needs config.json, vocab.txt and model.safetensors or "
+                         "pytorch_model.bin")
+    return path
+
+
+def load_tokenizer(model_dir):
+    return BertTokenizer.from_pretrained(model_dir)
+
+
+def load_pretrained_encoder(model_dir):
+    """The encoder state dict (BertModel keys) of a pretrained directory, with clear errors."""
+    try:
+        return normalize_state_dict(load_pretrained_weights(model_dir), bert_prefix="")
+    except Exception as e:
+        raise PeakdError(f"cannot read the weights in {model_dir}: {e}") from None
+
+
+def sps_schedule(num_layers, model_type, second_pass=None):
+    """The (layer index, swap Q/K) schedule of a `model_type` student with `num_layers` layers.
+
+    Original: L1..Lk. SPS: L1..Lk then the `second_pass` layers (0-based, default all) with Q/K
+    swapped. SPS_no_shuffle: the same second pass without the swap (the ablation).
+    """
+    if model_type not in MODEL_TYPES:
+        raise PeakdError(f"--model_type {model_type!r} is not one of {', '.join(MODEL_TYPES)}")
+    first = plain_schedule(num_layers)
+    if model_type == "Original":
+        return first
+    second_pass = range(num_layers) if second_pass is None else second_pass
+    return first + tuple((i, model_type == "SPS") for i in second_pass)
+
+
+def student_layer_map(num_layers, pretrained_layers, layer_initialization=None):
+    """0-based pretrained layer for each student layer: the first k (PKD rule) or the flag's."""
+    if num_layers > pretrained_layers:
+        raise PeakdError(f"--student_hidden_layers {num_layers} is deeper than the pretrained "
+                         f"model ({pretrained_layers} layers)")
+    if layer_initialization is None:
+        return list(range(num_layers))
+    try:
+        chosen = [int(x) for x in str(layer_initialization).split(",")]
+    except ValueError:
+        raise PeakdError(f"--layer_initialization {layer_initialization!r} must be a comma list "
+                         "of 1-based layer numbers, e.g. 1,2,3") from None
+    if len(chosen) != num_layers or not all(1 <= c <= pretrained_layers for c in chosen):
+        raise PeakdError(f"--layer_initialization {layer_initialization} must name "
+                         f"{num_layers} layers (one per student layer), each in "
+                         f"1..{pretrained_layers}")
+    return [c - 1 for c in chosen]
+
+
+def select_layers(encoder_state, layer_map):
+    """Keeps embeddings, pooler and the mapped layers, renumbered to the student's 0..k-1."""
+    out = {}
+    for key, value in encoder_state.items():
+        if not key.startswith("encoder.layer."):
+            out[key] = value
+            continue
+        index, rest = key[len("encoder.layer."):].split(".", 1)
+        for student, source in enumerate(layer_map):
+            if int(index) == source:
+                out[f"encoder.layer.{student}.{rest}"] = value
+    return out
+
+
+def build_classifier(config, num_labels, model_type="Original", second_pass=None,
+                     swap_flip_prob=0.0):
+    """A BertForSequenceClassification whose encoder runs the `model_type` schedule."""
+    model = BertForSequenceClassification(config, num_labels=num_labels)
+    model.bert.encoder.set_schedule(
+        sps_schedule(config.num_hidden_layers, model_type, second_pass), swap_flip_prob)
+    return model
+
+
+def build_student(model_dir, num_labels, num_layers, model_type="Original",
+                  layer_initialization=None, load_model=None, second_pass=None,
+                  swap_flip_prob=0.0):
+    """A k-layer student (or a teacher, with k = the pretrained depth) with a fresh task head.
+
+    Its encoder comes from the pretrained directory (layers per `layer_initialization`) or, when
+    `load_model` names an encoder checkpoint (e.g. `PTP.encoder_loss.pkl`), from that file.
+    Returns (model, config).
+    """
+    pretrained = BertConfig.from_json_file(_config_file(model_dir))
+    layer_map = student_layer_map(num_layers, pretrained.num_hidden_layers, layer_initialization)
+    config = pretrained.copy(num_hidden_layers=num_layers)
+    model = build_classifier(config, num_labels, model_type, second_pass, swap_flip_prob)
+    if load_model is not None:
+        state = safe_torch_load(load_model, "--load_model_dir checkpoint")
+        what = f"--load_model_dir {load_model}"
+    else:
+        state = select_layers(load_pretrained_encoder(model_dir), layer_map)
+        what = f"pretrained model {model_dir}"
+    try:
+        model.bert.load_state_dict_strict(state)
+    except ValueError as e:
+        raise PeakdError(f"{what} does not fit a {num_layers}-layer student: {e}") from None
+    return model, config
+
+
+def load_trained(config, num_labels, model_type, encoder_file, cls_file, second_pass=None):
+    """A trained classifier from its `*.encoder_*.pkl` and `*.cls_*.pkl` checkpoints."""
+    model = build_classifier(config, num_labels, model_type, second_pass)
+    for module, path, what in ((model.bert, encoder_file, "encoder checkpoint"),
+                               (model.classifier, cls_file, "classifier checkpoint")):
+        state = safe_torch_load(path, what)
+        try:
+            if module is model.bert:
+                module.load_state_dict_strict(state)
+            else:
+                module.load_state_dict(state)
+        except (ValueError, RuntimeError) as e:
+            raise PeakdError(f"{what} {path} does not fit the model in its run: "
+                             f"{str(e).splitlines()[0]}") from None
+    return model
+
+
+def effective_layers(model):
+    """How many layer applications one forward makes (2k for an SPS student)."""
+    return len(model.bert.encoder.schedule)
+
+
+def _config_file(model_dir):
+    for name in ("config.json", "bert_config.json"):
+        if (Path(model_dir) / name).is_file():
+            return Path(model_dir) / name
+    raise PeakdError(f"--bert_model {model_dir} has no config.json or bert_config.json")
