@@ -49,7 +49,7 @@ def run(args):
     ptp_task = dataclasses.replace(task, name=f"{task.name}-PTP", labels=PTP_LABEL_NAMES,
                                    main_metric="acc", metric_names=("acc",))
     args.train_type = "ptp"
-    run_dir = start_run(args, task, model_dir, config)
+    run_dir = start_run(args, task, model_dir, config, prefix="PTP")
     return train(model, relabelled["train"], {s: relabelled[s] for s in task.dev_splits},
                  ptp_task, args, lambda out, batch: task_loss(out.logits, batch["labels"], False),
                  run_dir, prefix="PTP")

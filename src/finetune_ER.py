@@ -12,6 +12,7 @@ import argparse
 from utils.args import (add_distill_args, add_model_args, add_output_args, add_sps_args,
                         add_task_args, add_teacher_file_args, add_train_args)
 from utils.errors import PeakdError
+from utils.modeling import second_pass_layers
 from utils.pipeline import run_cli, train_student
 
 
@@ -22,19 +23,6 @@ def build_parser():
         add(parser)
     parser.set_defaults(model_type="SPS")
     return parser
-
-
-def second_pass_layers(value, num_layers):
-    """--sps_layers (1-based comma list) -> 0-based indices; None means all layers."""
-    if value is None:
-        return None
-    try:
-        layers = [int(x) - 1 for x in value.split(",")]
-    except ValueError:
-        raise PeakdError(f"--sps_layers {value!r} must be comma-separated layer numbers") from None
-    if not layers or not all(0 <= i < num_layers for i in layers):
-        raise PeakdError(f"--sps_layers {value} must name layers in 1..{num_layers}")
-    return layers
 
 
 def run(args):

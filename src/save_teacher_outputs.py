@@ -10,17 +10,14 @@ path and schema belong to utils/teacher_outputs.py.
 import argparse
 from pathlib import Path
 
-from BERT.pytorch_pretrained_bert import BertConfig
 from utils import teacher_outputs
 from utils.args import add_task_args, task_output_dir
-from utils.checkpoints import checkpoint_path
 from utils.errors import PeakdError
 from utils.features import examples_fingerprint
 from utils.glue import get_task
 from utils.metrics import metrics_for
-from utils.modeling import effective_layers, load_tokenizer, load_trained
+from utils.modeling import effective_layers, load_tokenizer, load_trained_run
 from utils.pipeline import check_lengths, load_splits, run_cli
-from utils.runs import read_args
 from utils.train import autocast, collect_outputs, pick_device
 
 
@@ -48,14 +45,13 @@ def run(args):
     folder = task_output_dir(task.name, args.output_dir) if args.output_dir else None
     if folder is not None and not folder.is_dir():
         raise PeakdError(f"--output_dir {folder} does not exist")
-    run_args = read_args(teacher_dir)
+    model, config, run_args, run_task = load_trained_run(teacher_dir, args.teacher_criterion)
+    if run_task.name != task.name:
+        raise PeakdError(f"--teacher_dir {teacher_dir} holds a {run_task.name} teacher, not a "
+                         f"{task.name} one; pass the run of a {task.name} teacher")
     if args.max_seq_length is None:
         args.max_seq_length = run_args["max_seq_length"]
-    config = BertConfig.from_json_file(teacher_dir / "config.json")
     check_lengths(args, config)
-    model = load_trained(config, task.num_labels, run_args["model_type"],
-                         checkpoint_path(teacher_dir, "BERT", "encoder", args.teacher_criterion),
-                         checkpoint_path(teacher_dir, "BERT", "cls", args.teacher_criterion))
     tokenizer = load_tokenizer(teacher_dir)
     has_test = (Path(args.data_dir) / task.dir_name / "test.tsv").is_file()
     splits = ("train",) + task.dev_splits + (("test",) if has_test else ())

@@ -65,6 +65,9 @@ def add_output_args(parser):
                    help="run folder; relative paths are under src/data/outputs/KD/<TASK>/")
     g.add_argument("--overwrite_output_dir", action="store_true",
                    help="allow writing into a folder that already holds a finished run")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in --output_dir from its "
+                        "resume_state.pkl (repeat the run's other flags)")
     return g
 
 
@@ -81,10 +84,14 @@ def add_train_args(parser):
                    help="stop after this many optimizer steps (smoke runs)")
     g.add_argument("--eval_steps", type=int, default=None,
                    help="also evaluate every N optimizer steps (default: once per epoch)")
+    g.add_argument("--save_steps", type=int, default=None,
+                   help="also write resume_state.pkl every N optimizer steps (it is always "
+                        "written at each evaluation)")
     g.add_argument("--logging_steps", type=int, default=20,
                    help="optimizer steps between loss log lines (and non-finite checks)")
-    g.add_argument("--saving_criterion_acc", type=float, default=0.0,
-                   help="save *_acc checkpoints only when the dev metric beats this too")
+    g.add_argument("--saving_criterion_acc", type=float, default=float("-inf"),
+                   help="save *_acc checkpoints only when the dev metric beats this too "
+                        "(default: no bar; MCC can be <= 0)")
     g.add_argument("--saving_criterion_loss", type=float, default=float("inf"),
                    help="save *_loss checkpoints only when the dev loss is below this too")
     g.add_argument("--do_predict", action="store_true",
@@ -150,10 +157,15 @@ def apply_presets(args):
 def check_common(args):
     """Range checks shared by the scripts that train."""
     positive = ("train_batch_size", "eval_batch_size", "gradient_accumulation_steps",
-                "max_seq_length")
+                "max_seq_length", "student_hidden_layers", "logging_steps", "max_steps",
+                "eval_steps", "save_steps")
     for name in positive:
-        if getattr(args, name, 1) < 1:
+        # None: an optional flag left out
+        if getattr(args, name, None) is not None and getattr(args, name) < 1:
             raise PeakdError(f"--{name} {getattr(args, name)} must be >= 1")
+    if args.train_batch_size % args.gradient_accumulation_steps:
+        raise PeakdError(f"--train_batch_size {args.train_batch_size} must be a multiple of "
+                         f"--gradient_accumulation_steps {args.gradient_accumulation_steps}")
     if getattr(args, "learning_rate", 1.0) <= 0:
         raise PeakdError(f"--learning_rate {args.learning_rate} must be > 0")
     if not 0.0 <= getattr(args, "warmup_proportion", 0.0) < 1.0:

@@ -18,7 +18,12 @@ import random
 import shutil
 from pathlib import Path
 
-TASK_DIR_NAME = "DEMO"  # the folder make_demo_task fills; the demo passes it as --data_dir
+from .glue import get_task
+
+# The demo task is read by the SST-2 processor; the scripts' --data_dir names the folder that
+# holds <task dir>/train.tsv, so the files go into an SST-2 folder under make_demo_task's out_dir.
+TASK_NAME = "SST-2"
+TASK_DIR_NAME = get_task(TASK_NAME).dir_name
 INFO_NAME = "demo_info.json"
 SPLIT_FILES = ("train.tsv", "dev.tsv", "test.tsv")
 MODEL_FILES = ("config.json", "model.safetensors", "vocab.txt")
@@ -88,7 +93,9 @@ def _task_params(seed: int, n_train: int, n_dev: int, n_test: int) -> dict:
 
 def make_demo_task(out_dir: str | Path, seed: int = 0, n_train: int = 2000, n_dev: int = 400,
                    n_test: int = 200, force: bool = False) -> Path:
-    """Writes `out_dir/DEMO/{train,dev,test}.tsv` in the SST-2 layout and returns that folder.
+    """Writes `out_dir/SST-2/{train,dev,test}.tsv` in the SST-2 layout and returns that folder.
+
+    Run the scripts with `--task SST-2 --data_dir out_dir` to train on it.
 
     train/dev: header `sentence<TAB>label`, label 0/1; test: header `index<TAB>sentence`. About 3%
     of train and dev labels are flipped at random, so dev accuracy tops out near 0.97. The same
@@ -150,6 +157,7 @@ def make_demo_bert(out_dir: str | Path, corpus_files, seed: int = 0, hidden: int
     `corpus_files` (SST-2-style TSVs or plain text), so no demo word is split or unknown. The
     global torch random state is left as it was.
     """
+    # imported here so that building the task alone does not load torch
     import torch
 
     from BERT.pytorch_pretrained_bert import BertConfig, BertModel, save_safetensors

@@ -11,8 +11,10 @@ from BERT.pytorch_pretrained_bert import (BertConfig, BertForSequenceClassificat
 
 import envs
 
-from .checkpoints import safe_torch_load
+from .checkpoints import checkpoint_path, safe_torch_load
 from .errors import PeakdError
+from .glue import get_task
+from .runs import read_args
 
 MODEL_TYPES = ("Original", "SPS", "SPS_no_shuffle")
 
@@ -61,6 +63,19 @@ def sps_schedule(num_layers, model_type, second_pass=None):
         return first
     second_pass = range(num_layers) if second_pass is None else second_pass
     return first + tuple((i, model_type == "SPS") for i in second_pass)
+
+
+def second_pass_layers(value, num_layers):
+    """--sps_layers (1-based comma list) -> 0-based indices; None means all layers."""
+    if value is None:
+        return None
+    try:
+        layers = [int(x) - 1 for x in str(value).split(",")]
+    except ValueError:
+        raise PeakdError(f"--sps_layers {value!r} must be comma-separated layer numbers") from None
+    if not layers or not all(0 <= i < num_layers for i in layers):
+        raise PeakdError(f"--sps_layers {value} must name layers in 1..{num_layers}")
+    return layers
 
 
 def student_layer_map(num_layers, pretrained_layers, layer_initialization=None):
@@ -114,7 +129,7 @@ def build_student(model_dir, num_labels, num_layers, model_type="Original",
     `load_model` names an encoder checkpoint (e.g. `PTP.encoder_loss.pkl`), from that file.
     Returns (model, config).
     """
-    pretrained = BertConfig.from_json_file(_config_file(model_dir))
+    pretrained = read_config(_config_file(model_dir), "--bert_model config")
     layer_map = student_layer_map(num_layers, pretrained.num_hidden_layers, layer_initialization)
     config = pretrained.copy(num_hidden_layers=num_layers)
     model = build_classifier(config, num_labels, model_type, second_pass, swap_flip_prob)
@@ -146,6 +161,35 @@ def load_trained(config, num_labels, model_type, encoder_file, cls_file, second_
             raise PeakdError(f"{what} {path} does not fit the model in its run: "
                              f"{str(e).splitlines()[0]}") from None
     return model
+
+
+def load_trained_run(run_dir, criterion, prefix="BERT"):
+    """The trained classifier of a finished run folder and what describes it.
+
+    Reads args.json, config.json and the `<prefix>.{encoder,cls}_<criterion>.pkl` checkpoints;
+    the layer schedule (model type, SPS second pass) is the one the run trained with.
+    Returns (model, config, run_args, task).
+    """
+    run_args = read_args(run_dir)
+    task = get_task(run_args["task"])
+    config = read_config(Path(run_dir) / "config.json", "run config")
+    second_pass = second_pass_layers(run_args.get("sps_layers"), config.num_hidden_layers)
+    model = load_trained(config, task.num_labels, run_args["model_type"],
+                         checkpoint_path(run_dir, prefix, "encoder", criterion),
+                         checkpoint_path(run_dir, prefix, "cls", criterion), second_pass)
+    return model, config, run_args, task
+
+
+def read_config(path, what):
+    """The BertConfig in a json file; a missing or malformed one is a PeakdError naming it."""
+    try:
+        return BertConfig.from_json_file(path)
+    except FileNotFoundError:
+        raise PeakdError(f"{what} {path} does not exist") from None
+    except (OSError, ValueError, TypeError) as e:
+        raise PeakdError(f"{what} {path} is not a valid BERT config "
+                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+                         ) from None
 
 
 def effective_layers(model):

@@ -2,6 +2,8 @@
 student end to end, and turning user errors into one-line exits."""
 import sys
 
+from BERT.pytorch_pretrained_bert.tokenization import TOKENIZER_CONFIG_NAME, VOCAB_NAME
+
 from .args import apply_presets, check_common, task_output_dir
 from .checkpoints import write_json
 from .distill import build_objective
@@ -9,8 +11,8 @@ from .errors import PeakdError
 from .features import convert_examples_to_features, examples_fingerprint
 from .glue import get_task
 from .modeling import build_student, load_tokenizer, resolve_bert_model
-from .runs import prepare_output_dir, write_args
-from . import teacher_outputs
+from .runs import check_resume_args, prepare_output_dir, run_file, write_args
+from . import parallel, teacher_outputs
 from .train import autocast, pick_device, predict, set_seed, train
 
 
@@ -63,6 +65,9 @@ def prepare_student(args, num_labels=None, second_pass=None, swap_flip_prob=0.0)
     Features)} for train and the task's dev splits.
     """
     task = get_task(args.task)
+    # --fp16 without CUDA is refused now, before the model and data are loaded and long before
+    # the run folder is written; train() builds the same context again
+    autocast(args, pick_device(args))
     model_dir = resolve_bert_model(args.bert_model)
     tokenizer = load_tokenizer(model_dir)
     load_model = (task_output_dir(task.name, args.load_model_dir) if args.load_model_dir
@@ -78,13 +83,25 @@ def prepare_student(args, num_labels=None, second_pass=None, swap_flip_prob=0.0)
     return task, model_dir, tokenizer, model, config, data
 
 
-def start_run(args, task, model_dir, config):
-    """Creates the run folder (refusing a finished run) and records args, config and vocab."""
+def start_run(args, task, model_dir, config, prefix="BERT"):
+    """Creates the run folder (refusing a finished run) and records args, config and vocab.
+
+    --resume needs an unfinished run started with the same flags. Under torchrun every rank
+    checks, rank 0 writes.
+    """
     run_dir = prepare_output_dir(task_output_dir(task.name, args.output_dir),
-                                 args.overwrite_output_dir)
-    write_args(run_dir, args)
-    config.to_json_file(run_dir / "config.json")
-    (run_dir / "vocab.txt").write_bytes((model_dir / "vocab.txt").read_bytes())
+                                 args.overwrite_output_dir, prefix, args.resume)
+    if args.resume:
+        check_resume_args(run_dir, args, prefix)
+    if not parallel.is_main():
+        return run_dir
+    write_args(run_dir, args, prefix)
+    config.to_json_file(run_file(run_dir, "config.json", prefix))
+    # the casing travels with the vocabulary, so a cased model stays cased when the run folder
+    # is read back (save_teacher_outputs.py, export_hf.py)
+    for name in (VOCAB_NAME, TOKENIZER_CONFIG_NAME):
+        if (model_dir / name).is_file():
+            (run_dir / name).write_bytes((model_dir / name).read_bytes())
     return run_dir
 
 
@@ -93,6 +110,8 @@ def train_student(args, prefix="BERT", second_pass=None, swap_flip_prob=0.0):
     apply_presets(check_common(args))
     task, model_dir, tokenizer, model, config, data = prepare_student(args, None, second_pass,
                                                                       swap_flip_prob)
+    # read before training, so a missing test file fails now rather than after the whole run
+    test_examples = task.get_examples(args.data_dir, "test") if args.do_predict else None
     teacher = None
     if args.train_type != "ft":
         teacher = load_teacher(args, task, data, args.train_type == "pkd")["splits"]["train"]
@@ -100,14 +119,15 @@ def train_student(args, prefix="BERT", second_pass=None, swap_flip_prob=0.0):
     run_dir = start_run(args, task, model_dir, config)
     results = train(model, data["train"][1], {s: data[s][1] for s in task.dev_splits}, task,
                     args, objective, run_dir, prefix, needs_layers)
-    if args.do_predict:
-        write_json(run_dir / "test_predictions.json", predict_test(args, task, model, tokenizer))
+    if args.do_predict and parallel.is_main():
+        write_json(run_dir / "test_predictions.json",
+                   predict_test(args, task, model, tokenizer, test_examples))
     return results
 
 
-def predict_test(args, task, model, tokenizer):
-    """Predictions of the trained model on the test split (GLUE test labels are placeholders)."""
-    examples = task.get_examples(args.data_dir, "test")
+def predict_test(args, task, model, tokenizer, examples):
+    """Predictions of the trained model on the test `examples` (GLUE test labels are
+    placeholders)."""
     features = convert_examples_to_features(examples, tokenizer, args.max_seq_length, task)
     device = pick_device(args)
     logits = predict(model, features, args.eval_batch_size, device, autocast(args, device))

@@ -1,4 +1,5 @@
-"""Run folders: refusing to clobber a finished run, recording the resolved arguments, CSV logs."""
+"""Run folders: refusing to clobber a finished run, recording the resolved arguments, CSV logs,
+and the checks before `--resume` continues an interrupted run."""
 import csv
 import json
 import sys
@@ -9,21 +10,72 @@ from .errors import PeakdError
 
 RESULTS_FILE = "eval_results.json"
 ARGS_FILE = "args.json"
+RESUME_FILE = "resume_state.pkl"
+# flags a resumed run may change: they locate the run or affect only evaluation and speed, never
+# what the remaining training steps compute
+RESUME_MAY_CHANGE = frozenset({"resume", "argv", "output_dir", "overwrite_output_dir",
+                               "eval_batch_size", "no_cuda", "compile", "save_steps"})
 
 
-def prepare_output_dir(path, overwrite=False):
-    """Creates the run folder; refuses one that holds a finished run unless `overwrite`."""
+def run_file(run_dir, name, prefix="BERT"):
+    """A run-level file: `name` for BERT runs (SPEC 2), `<prefix>.<name>` for others.
+
+    PTP.py writes into the teacher's run folder (`run-1/PTP.*`), so its args, logs, config
+    and results carry the prefix instead of overwriting the teacher's.
+    """
+    return Path(run_dir) / (name if prefix == "BERT" else f"{prefix}.{name}")
+
+
+def prepare_output_dir(path, overwrite=False, prefix="BERT", resume=False):
+    """Creates the run folder; refuses one that holds a finished run unless `overwrite`.
+
+    With `resume` the folder must instead hold an unfinished run that left a resume state.
+    """
     path = Path(path)
-    if (path / RESULTS_FILE).exists() and not overwrite:
-        raise PeakdError(f"--output_dir {path} already holds a finished run ({RESULTS_FILE}); "
+    results = run_file(path, RESULTS_FILE, prefix)
+    if resume:
+        check_resumable(path, results, overwrite, prefix)
+        return path
+    if results.exists() and not overwrite:
+        raise PeakdError(f"--output_dir {path} already holds a finished run ({results.name}); "
                          "pass --overwrite_output_dir or choose another folder")
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
-def write_args(path, args):
+def check_resumable(path, results, overwrite, prefix):
+    if overwrite:
+        raise PeakdError("--resume continues the run in --output_dir and --overwrite_output_dir "
+                         "starts it afresh; pass only one of them")
+    if results.exists():
+        raise PeakdError(f"--resume: {path} holds a finished run ({results.name}); there is "
+                         "nothing to resume")
+    state = run_file(path, RESUME_FILE, prefix)
+    if not state.is_file():
+        raise PeakdError(f"--resume: {path} has no {state.name} (a run writes it at its first "
+                         "evaluation or --save_steps); start the run without --resume")
+
+
+def check_resume_args(run_dir, args, prefix="BERT"):
+    """Refuses --resume when flags that shape training differ from the interrupted run's."""
+    path = run_file(run_dir, ARGS_FILE, prefix)
+    if not path.is_file():
+        raise PeakdError(f"--resume: {run_dir} has no {path.name} to compare the flags with; "
+                         "start the run without --resume")
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    # the same json round trip as write_args, so tuples, paths and inf compare as written
+    now = json.loads(json.dumps(vars(args), default=str))
+    changed = sorted(k for k in saved.keys() | now.keys()
+                     if k not in RESUME_MAY_CHANGE and saved.get(k) != now.get(k))
+    if changed:
+        listing = ", ".join(f"--{k} {now.get(k)} (was {saved.get(k)})" for k in changed)
+        raise PeakdError(f"--resume must repeat the interrupted run's flags; these differ from "
+                         f"its {path.name}: {listing}")
+
+
+def write_args(path, args, prefix="BERT"):
     """Writes the resolved arguments (after presets) and the command line beside the outputs."""
-    write_json(Path(path) / ARGS_FILE, {**vars(args), "argv": sys.argv})
+    write_json(run_file(path, ARGS_FILE, prefix), {**vars(args), "argv": sys.argv})
 
 
 def read_args(run_dir):
@@ -36,12 +88,29 @@ def read_args(run_dir):
 
 
 class CsvLog:
-    """Appends dict rows to a CSV file; the header comes from the first row's keys."""
+    """Appends dict rows to a CSV file; the header comes from the first row's keys.
 
-    def __init__(self, path):
+    A new log replaces the file. `keep_bytes` continues a resumed run's log instead: the file is
+    cut back to its size when the resume state was saved, because the rows written after that
+    are written again by the resumed run.
+    """
+
+    def __init__(self, path, keep_bytes=None):
         self.path = Path(path)
         self.fields = None
-        self.path.unlink(missing_ok=True)
+        if not keep_bytes:
+            self.path.unlink(missing_ok=True)
+            return
+        if self.size() < keep_bytes:
+            raise PeakdError(f"{self.path} is shorter than when the resume state was saved, so "
+                             "the log cannot be continued; start the run without --resume")
+        with open(self.path, "r+b") as f:
+            f.truncate(keep_bytes)
+        with open(self.path, newline="", encoding="utf-8") as f:
+            self.fields = next(csv.reader(f))
+
+    def size(self):
+        return self.path.stat().st_size if self.path.exists() else 0
 
     def write(self, row):
         new = self.fields is None

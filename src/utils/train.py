@@ -7,11 +7,18 @@ returns predictions in file order. Dev is evaluated after every epoch (and every
 `--saving_criterion_acc`, `*_loss.pkl` when the dev loss beats the best so far and
 `--saving_criterion_loss`. The running loss is checked for NaN/inf at each logging step and before
 every save, so a diverged run stops with an error and never overwrites a checkpoint.
+
+Each evaluation (and every `--save_steps`) also writes `resume_state.pkl`: weights, optimizer,
+grad scaler, loop position, best-so-far records and random states, from which `--resume` goes on
+exactly as if the run had not stopped. Under `torchrun` the model trains in DistributedDataParallel
+on shares of the same global batches (utils/parallel.py); rank 0 evaluates and writes.
 """
 import contextlib
+import dataclasses
 import math
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -19,12 +26,18 @@ from tqdm.auto import tqdm
 
 from BERT.pytorch_pretrained_bert import BertAdam, count_parameters
 
-from .checkpoints import save_model_checkpoint, write_json
+from . import parallel
+from .checkpoints import atomic_torch_save, safe_torch_load, save_model_checkpoint, write_json
 from .errors import PeakdError
 from .features import eval_batches, train_batches
 from .metrics import metrics_for
 from .modeling import effective_layers
-from .runs import RESULTS_FILE, CsvLog
+from .runs import RESULTS_FILE, RESUME_FILE, CsvLog, run_file
+
+TRAIN_LOG, EVAL_LOG = "train_log.csv", "eval_log.csv"
+LOG_FILES = (TRAIN_LOG, EVAL_LOG)
+# bumped when the layout of resume_state.pkl changes, so an old file is refused, not misread
+RESUME_FORMAT = 1
 
 
 def set_seed(seed):
@@ -33,7 +46,10 @@ def set_seed(seed):
 
 
 def pick_device(args):
-    return torch.device("cuda" if torch.cuda.is_available() and not args.no_cuda else "cpu")
+    """This process's GPU (under torchrun the one of its LOCAL_RANK), or the CPU."""
+    if torch.cuda.is_available() and not args.no_cuda:
+        return torch.device("cuda", parallel.local_rank())
+    return torch.device("cpu")
 
 
 def autocast(args, device):
@@ -150,88 +166,238 @@ def check_finite(loss_sum, step):
     return value
 
 
+@dataclasses.dataclass
+class _Position:
+    """Where a run stands; resume_state.pkl records it so that --resume continues from there."""
+    epoch: int = 1  # the epoch that runs next (1-based)
+    next_batch: int = 0  # its first micro-batch not trained on yet
+    step: int = 0  # optimizer steps done
+    seen: int = 0  # training examples seen, all ranks together
+    window: int = 0  # micro-batches summed into the running loss since the last log line
+    evaluated_at: int = -1  # optimizer step of the latest dev evaluation
+    last: Optional[dict] = None  # that evaluation's record on the first dev split (rank 0)
+    elapsed: float = 0.0  # wall-clock seconds of the run so far, over all sessions
+    eval_seconds: float = 0.0  # the part of `elapsed` spent evaluating and writing checkpoints
+
+
+def rng_state(device):
+    """The generators dropout (and SPS swap flips) draw from: torch's CPU one and the GPU's."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state, device):
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def load_resume_state(run_dir, prefix):
+    """The resume state of an interrupted run, checked against this run's process count."""
+    path = run_file(run_dir, RESUME_FILE, prefix)
+    state = safe_torch_load(path, "resume state")
+    if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
+        raise PeakdError(f"resume state {path} was not written by this version of PeaKD; "
+                         "start the run again without --resume")
+    saved = len(state["ranks"])
+    if saved != parallel.world_size():
+        raise PeakdError(f"resume state {path} was saved by {saved} process(es) and this run "
+                         f"has {parallel.world_size()}; resume with torchrun --nproc_per_node "
+                         f"{saved} (in all) so that every process continues its own random state")
+    return state
+
+
+class _TrainingRun:
+    """One call of `train`: the objects --resume restores and the steps of the loop.
+
+    Every rank runs the loop in lockstep on its share of each global batch; rank 0 alone
+    evaluates and writes. Collectives (loss sums, state gathering, DDP's gradient all-reduce)
+    happen at the same steps on every rank, so ranks wait for each other there.
+    """
+
+    def __init__(self, model, train_features, dev_features, task, args, objective, run_dir,
+                 prefix, needs_layers, device):
+        self.model, self.train_features, self.dev_features = model, train_features, dev_features
+        self.task, self.args, self.objective, self.prefix = task, args, objective, prefix
+        self.run_dir, self.needs_layers, self.device = Path(run_dir), needs_layers, device
+        self.main = parallel.is_main()
+        self.amp = autocast(args, device)
+        model.to(device)
+        self.micro, _, self.t_total = plan_steps(len(train_features), args)
+        self.optimizer = make_optimizer(model, args, self.t_total)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=args.fp16)
+        self.generator = torch.Generator().manual_seed(args.train_seed)
+        self.selector = _Selector(model, self.run_dir, prefix, args, task)
+        self.pos = _Position()
+        self.running = torch.zeros((), device=device)  # summed on the device: no per-step sync
+        state = load_resume_state(self.run_dir, prefix) if args.resume else None
+        if state is not None:
+            self.restore(state)
+        # the state the generator draws the next epoch's permutation from
+        self.epoch_start = self.generator.get_state()
+        self.started = time.perf_counter() - self.pos.elapsed
+        self.ddp = parallel.wrap(model, device)
+        module = self.ddp or model
+        self.forward = torch.compile(module) if args.compile else module
+        self.logs = {}
+        if self.main:
+            sizes = state["logs"] if state is not None else {}
+            self.logs = {name: CsvLog(run_file(self.run_dir, name, prefix), sizes.get(name))
+                         for name in LOG_FILES}
+            if state is None:
+                # a stale state from an earlier, interrupted run in this folder must not be
+                # resumed on top of this run's logs
+                run_file(self.run_dir, RESUME_FILE, prefix).unlink(missing_ok=True)
+        self.progress = tqdm(total=self.t_total, initial=self.pos.step, disable=not self.main,
+                             desc=f"{prefix} {task.name}", unit="step", dynamic_ncols=True)
+
+    def restore(self, state):
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.generator.set_state(state["generator"])
+        self.selector.best = state["best"]
+        self.pos = _Position(**state["position"])
+        mine = state["ranks"][parallel.rank()]
+        set_rng_state(mine["rng"], self.device)
+        self.running = mine["running"].to(self.device)
+
+    def save_state(self):
+        """Writes resume_state.pkl: everything the loop needs to go on exactly from here."""
+        start = time.perf_counter()
+        self.pos.elapsed = start - self.started
+        ranks = parallel.all_gather({"rng": rng_state(self.device),
+                                     "running": self.running.cpu()})
+        if self.main:
+            atomic_torch_save({
+                "format": RESUME_FORMAT, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                "generator": self.epoch_start, "best": self.selector.best,
+                "position": dataclasses.asdict(self.pos), "ranks": ranks,
+                "logs": {name: log.size() for name, log in self.logs.items()},
+            }, run_file(self.run_dir, RESUME_FILE, self.prefix))
+        self.pos.eval_seconds += time.perf_counter() - start
+
+    def run(self):
+        pos, epochs = self.pos, math.ceil(self.args.num_train_epochs)
+        accum = self.args.gradient_accumulation_steps
+        self.model.train()
+        # a run resumed mid-epoch finishes that epoch even when its last step is already done
+        while pos.epoch <= epochs and (pos.next_batch or pos.step < self.t_total):
+            epoch = pos.epoch
+            batches = train_batches(len(self.train_features), self.micro, self.generator)
+            for i in range(pos.next_batch, len(batches)):
+                if pos.step >= self.t_total:
+                    break
+                boundary = (i + 1) % accum == 0 or i + 1 == len(batches)
+                self.micro_step(batches[i], boundary)
+                if boundary:
+                    pos.next_batch = i + 1
+                    self.optimizer_step(epoch)
+            if pos.window:
+                self.log_loss(epoch)
+            pos.epoch, pos.next_batch = epoch + 1, 0
+            self.epoch_start = self.generator.get_state()
+            if pos.evaluated_at != pos.step:
+                self.evaluate_dev(epoch)
+        self.progress.close()
+
+    def micro_step(self, index, boundary):
+        """Forward and backward of one micro-batch (this rank's share of it)."""
+        local, weight = parallel.share(index)
+        batch = to_device(self.train_features.batch(local, self.args.pad_to_max_length),
+                          self.device)
+        # gradients are all-reduced once per optimizer step, not per micro-batch
+        sync = contextlib.nullcontext() if boundary or self.ddp is None else self.ddp.no_sync()
+        with sync:
+            with self.amp:
+                out = self.forward(batch["input_ids"], batch["token_type_ids"],
+                                   batch["attention_mask"],
+                                   output_all_encoded_layers=self.needs_layers)
+                loss = self.objective(out, batch)
+            # divide before backward so accumulated gradients average over the micro-batches
+            self.scaler.scale(loss * weight / self.args.gradient_accumulation_steps).backward()
+        self.running += loss.detach() * weight / parallel.world_size()
+        self.pos.window += 1
+        self.pos.seen += len(index)
+
+    def optimizer_step(self, epoch):
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.pos.step += 1
+        self.progress.update(1)
+        step, args = self.pos.step, self.args
+        if step % args.logging_steps == 0:
+            self.log_loss(epoch)
+        if args.eval_steps and step % args.eval_steps == 0:
+            self.evaluate_dev(epoch)
+        elif args.save_steps and step % args.save_steps == 0:
+            self.save_state()
+
+    def log_loss(self, epoch):
+        """One train_log row: the mean loss of the micro-batches since the last row."""
+        mean = check_finite(parallel.all_sum(self.running), self.pos.step) / self.pos.window
+        if self.main:
+            self.progress.set_postfix(loss=f"{mean:.4f}", epoch=epoch)
+            self.logs[TRAIN_LOG].write({"step": self.pos.step, "epoch": epoch, "loss": mean,
+                                        "lr": self.optimizer.get_lr()[0]})
+        self.running.zero_()
+        self.pos.window = 0
+
+    def evaluate_dev(self, epoch):
+        """Dev evaluation on rank 0, checkpoint selection, then the resume state."""
+        start = time.perf_counter()
+        check_finite(parallel.all_sum(self.running), self.pos.step)
+        if self.main:
+            records = {}
+            for split, feats in self.dev_features.items():
+                metrics, _ = evaluate(self.model, feats, self.task, self.args.eval_batch_size,
+                                      self.device, self.amp, self.args.pad_to_max_length)
+                records[split] = {"epoch": epoch, "step": self.pos.step, **metrics}
+                self.logs[EVAL_LOG].write({"split": split, **records[split]})
+            self.pos.last = records[next(iter(self.dev_features))]
+            self.selector.update(self.pos.last)
+            self.model.train()
+        self.pos.evaluated_at = self.pos.step
+        self.pos.eval_seconds += time.perf_counter() - start
+        self.save_state()
+
+    def results(self):
+        """eval_results.json (written by rank 0, which then drops the resume state)."""
+        pos, model = self.pos, self.model
+        seconds = time.perf_counter() - self.started - pos.eval_seconds
+        results = {"task": self.task.name, "train_type": getattr(self.args, "train_type", None),
+                   "model_type": self.args.model_type, "prefix": self.prefix,
+                   "student_hidden_layers": self.args.student_hidden_layers,
+                   "effective_layers": effective_layers(model),
+                   "num_parameters": count_parameters(model),
+                   "main_metric": self.task.main_metric,
+                   "best_acc": self.selector.best["acc"], "best_loss": self.selector.best["loss"],
+                   "final": pos.last, "optimizer_steps": pos.step,
+                   "train_examples_seen": pos.seen, "processes": parallel.world_size(),
+                   "train_seconds": seconds, "eval_seconds": pos.eval_seconds,
+                   "train_samples_per_second": pos.seen / seconds}
+        write_json(run_file(self.run_dir, RESULTS_FILE, self.prefix), results)
+        run_file(self.run_dir, RESUME_FILE, self.prefix).unlink(missing_ok=True)
+        return results
+
+
 def train(model, train_features, dev_features, task, args, objective, run_dir, prefix,
           needs_layers=False):
     """Trains `model` with `objective(outputs, batch) -> loss`; returns the results dict.
 
     dev_features: {split name: Features}; the first split drives checkpoint selection.
-    Writes train_log.csv, eval_log.csv, eval_results.json and the checkpoints into run_dir.
+    Writes train_log.csv, eval_log.csv, eval_results.json (names per `runs.run_file`) and the
+    checkpoints into run_dir, and resume_state.pkl at every evaluation and `--save_steps`;
+    `--resume` continues from the latter. Under torchrun every process calls this; rank 0
+    writes and returns the results, the other ranks return None.
     """
     device = pick_device(args)
-    amp = autocast(args, device)
-    model.to(device)
-    forward = torch.compile(model) if args.compile else model
-    micro, per_epoch, t_total = plan_steps(len(train_features), args)
-    optimizer = make_optimizer(model, args, t_total)
-    scaler = torch.amp.GradScaler("cuda", enabled=args.fp16)
-    generator = torch.Generator().manual_seed(args.train_seed)
-    run_dir = Path(run_dir)
-    train_log, eval_log = CsvLog(run_dir / "train_log.csv"), CsvLog(run_dir / "eval_log.csv")
-    selector = _Selector(model, run_dir, prefix, args, task)
-    accum = args.gradient_accumulation_steps
-    step, seen, running, window = 0, 0, torch.zeros((), device=device), 0
-    start = time.perf_counter()
-
-    def run_eval(epoch):
-        check_finite(running, step)
-        records = {}
-        for split, feats in dev_features.items():
-            metrics, _ = evaluate(model, feats, task, args.eval_batch_size, device, amp,
-                                  args.pad_to_max_length)
-            records[split] = {"epoch": epoch, "step": step, **metrics}
-            eval_log.write({"split": split, **records[split]})
-        first = records[next(iter(dev_features))]
-        selector.update(first)
-        model.train()
-        return first
-
-    progress = tqdm(total=t_total, desc=f"{prefix} {task.name}", unit="step", dynamic_ncols=True)
-    model.train()
-    last = None
-    epochs = math.ceil(args.num_train_epochs)
-    for epoch in range(1, epochs + 1):
-        batches = train_batches(len(train_features), micro, generator)
-        for i, index in enumerate(batches):
-            batch = to_device(train_features.batch(index, args.pad_to_max_length), device)
-            with amp:
-                out = forward(batch["input_ids"], batch["token_type_ids"],
-                              batch["attention_mask"], output_all_encoded_layers=needs_layers)
-                loss = objective(out, batch)
-            # divide before backward so accumulated gradients average over the micro-batches
-            scaler.scale(loss / accum).backward()
-            running += loss.detach()
-            window += 1
-            seen += len(index)
-            if (i + 1) % accum and i + 1 != len(batches):
-                continue
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            progress.update(1)
-            if step % args.logging_steps == 0:
-                mean = check_finite(running, step) / window
-                progress.set_postfix(loss=f"{mean:.4f}", epoch=epoch)
-                train_log.write({"step": step, "epoch": epoch, "loss": mean,
-                                 "lr": optimizer.get_lr()[0]})
-                running.zero_()
-                window = 0
-            if args.eval_steps and step % args.eval_steps == 0:
-                last = run_eval(epoch)
-            if step >= t_total:
-                break
-        last = run_eval(epoch)
-        if step >= t_total:
-            break
-    progress.close()
-    seconds = time.perf_counter() - start
-    results = {"task": task.name, "train_type": getattr(args, "train_type", None),
-               "model_type": args.model_type, "prefix": prefix,
-               "student_hidden_layers": args.student_hidden_layers,
-               "effective_layers": effective_layers(model),
-               "num_parameters": count_parameters(model), "main_metric": task.main_metric,
-               "best_acc": selector.best["acc"], "best_loss": selector.best["loss"],
-               "final": last, "optimizer_steps": step, "train_examples_seen": seen,
-               "train_seconds": seconds, "train_samples_per_second": seen / seconds}
-    write_json(run_dir / RESULTS_FILE, results)
-    return results
+    with parallel.process_group(device):
+        run = _TrainingRun(model, train_features, dev_features, task, args, objective, run_dir,
+                           prefix, needs_layers, device)
+        run.run()
+        return run.results() if run.main else None

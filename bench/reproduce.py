@@ -1,0 +1,196 @@
+"""Checks the paper's ordering on your task and model: one teacher, then every student variant
+over several seeds, with the project's own scripts; a results table and a chart at the end.
+
+    python bench/reproduce.py --task MRPC --bert_model DIR --data_dir ../shared/glue_data \
+        --seeds 1,2,3 --work_dir bench/results/reproduce-MRPC
+
+Variants: ft, kd, pkd (plain k-layer students), sps_no_shuffle_pkd, sps_pkd (SPS students),
+ptp_pkd, ptp_sps_pkd (PTP start point, then PKD). A run whose eval_results.json exists is
+skipped, so an interrupted grid resumes where it stopped. Writes results.csv (one row per run),
+results.md (mean and std per variant) and results.png (matplotlib, optional).
+"""
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+# variant -> (train_type, model_type, PTP start point or None)
+VARIANTS = {
+    "ft": ("ft", "Original", None),
+    "kd": ("kd", "Original", None),
+    "pkd": ("pkd", "Original", None),
+    "sps_no_shuffle_pkd": ("pkd", "SPS_no_shuffle", None),
+    "sps_pkd": ("pkd", "SPS", None),
+    "ptp_pkd": ("pkd", "Original", "Original"),
+    "ptp_sps_pkd": ("pkd", "SPS", "SPS"),
+}
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--task", required=True)
+    p.add_argument("--bert_model", required=True, help="pretrained BERT directory")
+    p.add_argument("--data_dir", required=True, help="folder holding <TASK>/train.tsv")
+    p.add_argument("--work_dir", required=True, help="where runs and results go")
+    p.add_argument("--seeds", default="1,2,3")
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--student_hidden_layers", type=int, default=3)
+    p.add_argument("--teacher_epochs", type=float, default=3.0)
+    p.add_argument("--epochs", type=float, default=3.0, help="student and PTP epochs")
+    p.add_argument("--teacher_lr", type=float, default=1e-4)
+    p.add_argument("--lr", type=float, default=1e-4, help="student and PTP learning rate")
+    p.add_argument("--teacher_seed", type=int, default=42)
+    p.add_argument("--max_seq_length", type=int, default=128)
+    p.add_argument("--train_batch_size", type=int, default=32)
+    p.add_argument("--max_steps", type=int, default=None, help="per run (smoke tests)")
+    p.add_argument("--no_plot", action="store_true")
+    return p
+
+
+def run_stage(label, script, argv, done, log_dir):
+    """Runs one script unless `done` exists; its output goes to <log_dir>/<label>.log."""
+    if done.exists():
+        print(f"[skip] {label}: {done} exists", flush=True)
+        return
+    print(f"[run ] {label} ...", flush=True)
+    start = time.perf_counter()
+    log = log_dir / f"{label}.log"
+    with open(log, "w") as f:
+        proc = subprocess.run([sys.executable, str(SRC / script), *argv], stdout=f,
+                              stderr=subprocess.STDOUT)
+    if proc.returncode:
+        tail = log.read_text(errors="replace").strip().splitlines()[-1:]
+        raise SystemExit(f"error: {label} failed (exit {proc.returncode}); see {log}: "
+                         f"{' '.join(tail)}")
+    print(f"[done] {label} in {time.perf_counter() - start:.0f} s", flush=True)
+
+
+def run_grid(args):
+    work = Path(args.work_dir).resolve()
+    logs = work / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    depth = json.loads((Path(args.bert_model) / "config.json").read_text())["num_hidden_layers"]
+    base = ["--task", args.task, "--data_dir", args.data_dir, "--max_seq_length",
+            str(args.max_seq_length)]
+    train = base + ["--bert_model", args.bert_model, "--train_batch_size",
+                    str(args.train_batch_size)]
+    if args.max_steps:
+        train += ["--max_steps", str(args.max_steps)]
+    teacher = work / "teacher"
+    run_stage("teacher", "finetune.py", train + [
+        "--train_type", "ft", "--model_type", "Original", "--student_hidden_layers", str(depth),
+        "--learning_rate", str(args.teacher_lr), "--num_train_epochs", str(args.teacher_epochs),
+        "--train_seed", str(args.teacher_seed), "--output_dir", str(teacher)],
+        teacher / "eval_results.json", logs)
+    teacher_file = work / f"{args.task.upper()}_patient_kd_teacher_{depth}layer_result_summary.pkl"
+    run_stage("teacher_outputs", "save_teacher_outputs.py", base + [
+        "--teacher_dir", str(teacher), "--output_dir", str(work)], teacher_file, logs)
+    variants = args.variants.split(",")
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        raise SystemExit(f"error: unknown --variants {sorted(unknown)}; known: {list(VARIANTS)}")
+    k = str(args.student_hidden_layers)
+    student = train + ["--student_hidden_layers", k, "--learning_rate", str(args.lr),
+                       "--num_train_epochs", str(args.epochs), "--teacher_prediction",
+                       str(teacher_file)]
+    runs = []
+    for seed in args.seeds.split(","):
+        for name in variants:
+            train_type, model_type, ptp = VARIANTS[name]
+            seed_args = student + ["--train_seed", seed]
+            start = []
+            if ptp:
+                ptp_dir = work / f"ptp_{ptp}_seed{seed}"
+                run_stage(f"ptp_{ptp}_seed{seed}", "PTP.py", seed_args + [
+                    "--model_type", ptp, "--output_dir", str(ptp_dir)],
+                    ptp_dir / "PTP.eval_results.json", logs)
+                start = ["--load_model_dir", str(ptp_dir / "PTP.encoder_loss.pkl")]
+            out = work / f"{name}_seed{seed}"
+            run_stage(f"{name}_seed{seed}", "finetune.py", seed_args + start + [
+                "--train_type", train_type, "--model_type", model_type, "--output_dir",
+                str(out)], out / "eval_results.json", logs)
+            runs.append((name, seed, out))
+    return work, teacher, runs
+
+
+def collect(teacher, runs):
+    """One row per run (the teacher first) from each eval_results.json."""
+    rows = []
+    for name, seed, out in [("teacher", "-", teacher)] + runs:
+        res = json.loads((out / "eval_results.json").read_text())
+        best = res["best_acc"] or {}
+        rows.append({"variant": name, "seed": seed, "metric": res["main_metric"],
+                     **{k: v for k, v in best.items() if k not in ("epoch", "step")},
+                     "best_epoch": best.get("epoch"), "num_parameters": res["num_parameters"],
+                     "effective_layers": res["effective_layers"],
+                     "train_seconds": res["train_seconds"],
+                     "train_samples_per_second": res["train_samples_per_second"],
+                     "inference_samples_per_second": res.get("inference_samples_per_second")})
+    return pd.DataFrame(rows)
+
+
+def summarize(frame):
+    """Mean and std per variant of every numeric column, as a Markdown table."""
+    order = ["teacher"] + [v for v in VARIANTS if v in set(frame["variant"])]
+    numeric = [c for c in frame.columns if c not in ("variant", "seed", "metric", "best_epoch")
+               and pd.api.types.is_numeric_dtype(frame[c])]
+    grouped = frame.groupby("variant")[numeric]
+    mean, std, n = grouped.mean(), grouped.std().fillna(0.0), grouped.size()
+    lines = ["| variant | runs | " + " | ".join(numeric) + " |",
+             "|---|---|" + "---|" * len(numeric)]
+    for v in order:
+        cells = []
+        for c in numeric:
+            if c in ("num_parameters", "effective_layers"):
+                cells.append(f"{mean.loc[v, c]:,.0f}")
+            elif c.endswith(("seconds", "per_second")):
+                cells.append(f"{mean.loc[v, c]:.1f}")
+            else:
+                cells.append(f"{mean.loc[v, c]:.4f} ± {std.loc[v, c]:.4f}")
+        lines.append(f"| {v} | {n[v]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(frame, path, metric):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no chart (pip install -r requirements-bench.txt)")
+        return
+    order = ["teacher"] + [v for v in VARIANTS if v in set(frame["variant"])]
+    stats = frame.groupby("variant")[metric].agg(["mean", "std"]).reindex(order).fillna(0.0)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.bar(range(len(order)), stats["mean"], yerr=stats["std"], capsize=4,
+           color=["#777"] + ["#4a7ab5"] * (len(order) - 1))
+    ax.set_xticks(range(len(order)), order, rotation=30, ha="right")
+    low = (stats["mean"] - stats["std"]).min()
+    ax.set_ylim(max(0.0, low - 0.05), min(1.0, (stats["mean"] + stats["std"]).max() + 0.03))
+    ax.set_ylabel(f"dev {metric}")
+    ax.set_title("PeaKD variants (mean ± std over seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    work, teacher, runs = run_grid(args)
+    frame = collect(teacher, runs)
+    frame.to_csv(work / "results.csv", index=False)
+    table = summarize(frame)
+    (work / "results.md").write_text(table)
+    print(table)
+    if not args.no_plot:
+        plot(frame, work / "results.png", frame["metric"].iloc[0])
+    return frame
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""Fixture builders shared by the tests: tiny GLUE task folders, a tiny BERT, script runners.
+
+Texts come from the demo generator (utils.demo_data), so every word is in the tiny vocabulary.
+The BERT is never pretrained (random weights): the tests check the pipeline, not accuracy.
+"""
+import hashlib
+import importlib.util
+import random
+from pathlib import Path
+
+from utils.demo_data import demo_sentence, make_demo_bert
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+# hidden 32, 4 heads, 4 layers: the smallest model on which every student shape can be built
+TINY_BERT = dict(hidden=32, layers=4, heads=4, intermediate=37, max_positions=64)
+SIZES = {"train": 16, "dev": 8}
+
+STSB_HEADER = ("index", "genre", "filename", "year", "old_index", "source1", "source2",
+               "sentence1", "sentence2", "score")
+
+
+def _sst2_rows(rng, n):
+    rows = []
+    for _ in range(n):
+        sentence, label = demo_sentence(rng)
+        rows.append((sentence, str(label)))
+    return [("sentence", "label")] + rows
+
+
+def _mrpc_rows(rng, n):
+    rows = [("Quality", "#1 ID", "#2 ID", "#1 String", "#2 String")]
+    for i in range(n):
+        rows.append((str(rng.randint(0, 1)), str(1000 + i), str(2000 + i),
+                     demo_sentence(rng)[0], demo_sentence(rng)[0]))
+    return rows
+
+
+def _stsb_rows(rng, n):
+    rows = [STSB_HEADER]
+    for i in range(n):
+        rows.append((str(i), "main-captions", "MSRvid", "2012test", f"{i:04d}", "none", "none",
+                     demo_sentence(rng)[0], demo_sentence(rng)[0], f"{rng.uniform(0, 5):.3f}"))
+    return rows
+
+
+TASK_ROWS = {"SST-2": _sst2_rows, "MRPC": _mrpc_rows, "STS-B": _stsb_rows}
+
+
+def make_glue(root, tasks=tuple(TASK_ROWS), seed=0):
+    """Writes `root/<TASK>/{train,dev}.tsv` for SST-2 (single sentence), MRPC (pairs) and STS-B
+    (regression) in the 2019 GLUE layouts; returns root, the scripts' --data_dir."""
+    root = Path(root)
+    for task in tasks:
+        rng = random.Random(f"{seed}-{task}")
+        folder = root / task
+        folder.mkdir(parents=True, exist_ok=True)
+        for split, n in SIZES.items():
+            rows = TASK_ROWS[task](rng, n)
+            (folder / f"{split}.tsv").write_text("".join("\t".join(r) + "\n" for r in rows),
+                                                 encoding="utf-8")
+    return root
+
+
+def make_tiny_bert(path, glue_root, **overrides):
+    """A random-weight BERT directory (config.json, model.safetensors, vocab.txt) whose vocab
+    holds every word of the TSVs under glue_root."""
+    corpus = sorted(Path(glue_root).glob("*/*.tsv"))
+    return make_demo_bert(path, corpus, **{**TINY_BERT, **overrides})
+
+
+def load_script(name):
+    """A script module (src/<name>.py) imported by path: scripts never import each other, tests
+    may."""
+    spec = importlib.util.spec_from_file_location(f"peakd_script_{name}", SRC / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def train_args(task, data_dir, bert, output_dir, *extra):
+    """A few-step CPU training command line for finetune.py / finetune_ER.py / PTP.py."""
+    return ["--task", task, "--data_dir", str(data_dir), "--bert_model", str(bert),
+            "--output_dir", str(output_dir), "--no_cuda", "--max_seq_length", "32",
+            "--train_batch_size", "4", "--eval_batch_size", "8", "--learning_rate", "1e-3",
+            "--num_train_epochs", "1", "--max_steps", "3", "--logging_steps", "1",
+            *map(str, extra)]
+
+
+def tree_digest(root):
+    """{relative path: sha256} of every file under root: compares a folder before and after."""
+    root = Path(root)
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def expect_error(main, argv, capsys, needles=(), watched=()):
+    """Runs a script's main(argv) expecting bad input: exit 1, a single `error:` line on stderr
+    holding every needle, and no file under the `watched` folders added, changed or removed.
+    Returns the line."""
+    capsys.readouterr()
+    before = [tree_digest(folder) for folder in watched]
+    try:
+        main([str(a) for a in argv])
+    except SystemExit as e:
+        code = e.code
+    else:
+        code = 0
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 1, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for needle in needles:
+        assert str(needle) in lines[0], (needle, lines[0])
+    assert [tree_digest(folder) for folder in watched] == before
+    return lines[0]

@@ -1,0 +1,36 @@
+"""bench/reproduce.py on tiny data: the grid runs through the real scripts, collects one row per
+run, and a repeated command skips what is finished."""
+import importlib.util
+from pathlib import Path
+
+from helpers import make_glue, make_tiny_bert
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_reproduce():
+    spec = importlib.util.spec_from_file_location("reproduce", ROOT / "bench" / "reproduce.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_grid_runs_collects_and_resumes(tmp_path, capsys):
+    glue = make_glue(tmp_path / "glue", tasks=("MRPC",))
+    bert = make_tiny_bert(tmp_path / "bert", glue)
+    reproduce = load_reproduce()
+    argv = ["--task", "MRPC", "--bert_model", str(bert), "--data_dir", str(glue),
+            "--work_dir", str(tmp_path / "work"), "--seeds", "1", "--variants",
+            "ft,ptp_sps_pkd", "--student_hidden_layers", "2", "--max_seq_length", "24",
+            "--train_batch_size", "8", "--max_steps", "2", "--no_plot"]
+    frame = reproduce.main(argv)
+    assert list(frame["variant"]) == ["teacher", "ft", "ptp_sps_pkd"]
+    assert list(frame["effective_layers"]) == [4, 2, 4]
+    assert frame.loc[2, "num_parameters"] == frame.loc[1, "num_parameters"]
+    table = (tmp_path / "work" / "results.md").read_text()
+    assert "| ptp_sps_pkd | 1 |" in table and "±" in table
+    assert (tmp_path / "work" / "results.csv").read_text().count("\n") == 4
+    capsys.readouterr()
+    reproduce.main(argv)
+    out = capsys.readouterr().out
+    assert "[run ]" not in out and out.count("[skip]") == 5
