@@ -26,5 +26,9 @@ test: $(VENV)/.installed-test
 demo: $(VENV)/.installed
 	$(PY) src/demo.py $(DEMO_ARGS)
 
+# Throughput of ours against transformers (bench/README.md); BENCH_ARGS=--quick checks the code paths
+bench: $(VENV)/.installed-test
+	$(PY) bench/throughput.py $(BENCH_ARGS)
+
 clean-venv:
 	rm -rf $(VENV)

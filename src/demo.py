@@ -11,9 +11,17 @@ prints show that the pipeline works end to end; they are not results about BERT 
 """
 import argparse
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
+
+# the embedded default, the teacher file's name and run file names come from the project's
+# utils; the pipeline steps themselves only ever run as scripts
+from utils.demo_data import (NOT_PRETRAINED, SPLIT_FILES, TASK_DIR_NAME, TASK_NAME,
+                             make_demo_bert, make_demo_task, read_info)
+from utils.runs import RESULTS_FILE, run_file
+from utils.teacher_outputs import default_path
 
 SRC_DIR = Path(__file__).resolve().parent
 DEFAULT_WORK_DIR = SRC_DIR.parent / "demo"
@@ -24,6 +32,7 @@ STUDENT_LAYERS = 2
 COMMON = ["--max_seq_length", "32", "--train_batch_size", "32", "--eval_batch_size", "128",
           "--learning_rate", "5e-4", "--no_cuda"]
 TEACHER_EPOCHS = "10"
+TEACHER_TARGET = 0.9
 STUDENT_EPOCHS = "6"
 
 
@@ -50,7 +59,7 @@ class Stage:
 
 def plan(work, data_dir, bert_dir, teacher_file, seed):
     """The pipeline's steps on the demo data, in the order they run."""
-    task = ["--task", "SST-2", "--data_dir", str(data_dir)]
+    task = ["--task", TASK_NAME, "--data_dir", str(data_dir)]
     train = task + ["--bert_model", str(bert_dir), *COMMON, "--train_seed", str(seed),
                     "--overwrite_output_dir"]
     student = train + ["--student_hidden_layers", str(STUDENT_LAYERS),
@@ -60,8 +69,9 @@ def plan(work, data_dir, bert_dir, teacher_file, seed):
         Stage("teacher", "finetune.py",
               train + ["--train_type", "ft", "--model_type", "Original",
                        "--student_hidden_layers", str(TEACHER_LAYERS),
-                       "--num_train_epochs", TEACHER_EPOCHS, "--output_dir", str(work / "teacher")],
-              work / "teacher" / "eval_results.json", ("data", "bert")),
+                       "--num_train_epochs", TEACHER_EPOCHS,
+                       "--output_dir", str(work / "teacher")],
+              run_file(work / "teacher", RESULTS_FILE), ("data", "bert")),
         Stage("teacher outputs", "save_teacher_outputs.py",
               task + ["--teacher_dir", str(work / "teacher"), "--output_dir", str(work),
                       "--no_cuda"],
@@ -69,21 +79,21 @@ def plan(work, data_dir, bert_dir, teacher_file, seed):
         Stage("student ft", "finetune.py",
               student + ["--train_type", "ft", "--model_type", "Original",
                          "--output_dir", str(work / "student_ft")],
-              work / "student_ft" / "eval_results.json", ("data", "bert")),
+              run_file(work / "student_ft", RESULTS_FILE), ("data", "bert")),
         Stage("PTP", "PTP.py",
               student + ["--model_type", "SPS", *teacher_pred, "--output_dir", str(work / "ptp")],
-              work / "ptp" / "eval_results.json", ("teacher outputs",)),
+              run_file(work / "ptp", RESULTS_FILE, "PTP"), ("teacher outputs",)),
         Stage("PeaKD student", "finetune.py",
               student + ["--train_type", "pkd", "--model_type", "SPS",
                          "--load_model_dir", str(work / "ptp" / "PTP.encoder_loss.pkl"),
                          *teacher_pred, "--output_dir", str(work / "peakd")],
-              work / "peakd" / "eval_results.json", ("PTP", "teacher outputs")),
+              run_file(work / "peakd", RESULTS_FILE), ("PTP", "teacher outputs")),
     ]
 
 
 def read_results(run_dir):
-    """(dev accuracy of the best checkpoint, parameter count, effective layers) of a finished run."""
-    results = json.loads((Path(run_dir) / "eval_results.json").read_text(encoding="utf-8"))
+    """(best dev accuracy, parameter count, effective layers) of a finished run."""
+    results = json.loads(run_file(run_dir, RESULTS_FILE).read_text(encoding="utf-8"))
     best = results["best_acc"] or results["final"]
     return best[results["main_metric"]], results["num_parameters"], results["effective_layers"]
 
@@ -91,24 +101,18 @@ def read_results(run_dir):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     start = time.perf_counter()
-    sys.path.insert(0, str(SRC_DIR))
-    # the embedded default and the teacher file's name come from the project; the steps
-    # themselves only ever run as scripts
-    from utils.demo_data import NOT_PRETRAINED, make_demo_bert, make_demo_task, read_info
-    from utils.teacher_outputs import default_path
-
     work = Path(args.work_dir).expanduser().resolve()
     work.mkdir(parents=True, exist_ok=True)
     data_root, bert_dir = work / "data", work / "bert"
     print(f"PeaKD demo in {work}\n{NOT_PRETRAINED.format(seed=args.seed)}\n", flush=True)
 
     changed = set()
-    before = read_info(data_root / "SST-2")
+    before = read_info(data_root / TASK_DIR_NAME)
     task_dir = make_demo_task(data_root, seed=args.seed, force=args.force)
     if args.force or read_info(task_dir) != before:
         changed.add("data")
     before = read_info(bert_dir)
-    make_demo_bert(bert_dir, [task_dir / f for f in ("train.tsv", "dev.tsv", "test.tsv")],
+    make_demo_bert(bert_dir, [task_dir / f for f in SPLIT_FILES],
                    seed=args.seed, hidden=64, layers=TEACHER_LAYERS, heads=4, intermediate=128,
                    max_positions=64, force=args.force)
     if args.force or read_info(bert_dir) != before:
@@ -116,16 +120,20 @@ def main(argv=None):
     print(f"data: {task_dir} ({'built' if 'data' in changed else 'reused'})\n"
           f"model: {bert_dir} ({'built' if 'bert' in changed else 'reused'})", flush=True)
 
-    import subprocess
-
-    teacher_file = default_path("SST-2", TEACHER_LAYERS, patient=True, folder=work)
+    teacher_file = default_path(TASK_NAME, TEACHER_LAYERS, patient=True, folder=work)
     for stage in plan(work, data_root, bert_dir, teacher_file, args.seed):
         if stage.done.exists() and not changed.intersection(stage.deps):
             print(f"\n== {stage.name}: done before ({stage.done}), skipped", flush=True)
             continue
         print(f"\n== {stage.name}: {' '.join(stage.command()[1:])}", flush=True)
         stage_start = time.perf_counter()
-        subprocess.run(stage.command(), check=True)
+        try:
+            subprocess.run(stage.command(), check=True)
+        except subprocess.CalledProcessError as e:
+            # the step has printed its own error; finished steps are kept for the next run
+            print(f"\ndemo: step '{stage.name}' failed (exit {e.returncode}); fix it and rerun, "
+                  "the finished steps are skipped", file=sys.stderr)
+            raise SystemExit(e.returncode or 1) from None
         print(f"== {stage.name}: {time.perf_counter() - stage_start:.1f} s", flush=True)
         changed.add(stage.name)
 
@@ -133,6 +141,10 @@ def main(argv=None):
             ("plain student", f"Original, {STUDENT_LAYERS} layers, ft", work / "student_ft"),
             ("PeaKD student", f"PTP + SPS ({STUDENT_LAYERS} layers run twice) + PKD",
              work / "peakd")]
+    teacher_acc = read_results(work / "teacher")[0]
+    if teacher_acc < TEACHER_TARGET:
+        print(f"\nwarning: the teacher reached only {teacher_acc:.4f} dev accuracy (the demo's "
+              f"settings aim at >= {TEACHER_TARGET}); its students learn from a weak teacher")
     print(f"\n{'model':<15} {'setup':<38} {'dev acc':>8} {'params':>9} {'depth':>6}")
     for name, setup, run_dir in rows:
         acc, params, depth = read_results(run_dir)

@@ -1,11 +1,14 @@
-"""The demo's embedded default: the generated SST-2-style task and the small never-pretrained BERT."""
+"""The demo's embedded default (generated SST-2 task, never-pretrained BERT) and its driver."""
+import importlib
 import random
+import sys
 
 import pytest
 import torch
 
 from BERT.pytorch_pretrained_bert import (BertForSequenceClassification, BertModel, BertTokenizer,
                                           count_parameters, load_config)
+import demo
 from utils import demo_data
 from utils.demo_data import (INFO_NAME, MODEL_FILES, NEGATIONS, NEGATIVE, POSITIVE, SPLIT_FILES,
                              demo_sentence, make_demo_bert, make_demo_task, read_info)
@@ -159,3 +162,27 @@ def test_a_failed_build_leaves_the_finished_output_untouched(tmp_path, built, mo
     monkeypatch.undo()
     assert file_bytes(task_dir, SPLIT_FILES) == before
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [task_dir.name]
+
+
+def test_demo_commands_parse_with_the_scripts_own_parsers(tmp_path):
+    """Every flag the demo passes exists in the script it runs (the demo never imports them)."""
+    teacher_file = tmp_path / "teacher.pkl"
+    stages = demo.plan(tmp_path, tmp_path / "data", tmp_path / "bert", teacher_file, seed=3)
+    assert [s.script for s in stages] == ["finetune.py", "save_teacher_outputs.py",
+                                          "finetune.py", "PTP.py", "finetune.py"]
+    for stage in stages:
+        script = importlib.import_module(stage.script.removesuffix(".py"))
+        args = script.build_parser().parse_args(stage.args)
+        assert args.task == "SST-2" and args.no_cuda
+        assert stage.command()[:2] == [sys.executable, str(demo.SRC_DIR / stage.script)]
+    teacher, outputs, plain, ptp, peakd = (s.args for s in stages)
+    assert "--teacher_prediction" not in plain
+    ptp_encoder = tmp_path / "ptp" / "PTP.encoder_loss.pkl"
+    assert peakd[peakd.index("--load_model_dir") + 1] == str(ptp_encoder)
+    assert peakd[peakd.index("--teacher_prediction") + 1] == str(teacher_file)
+
+
+def test_demo_flags_and_default_work_dir():
+    args = demo.build_parser().parse_args([])
+    assert args.work_dir == str(demo.DEFAULT_WORK_DIR) and not args.force and args.seed == 0
+    assert demo.DEFAULT_WORK_DIR == demo.SRC_DIR.parent / "demo"

@@ -32,8 +32,8 @@ class Case:
         return train_args(task, data or self.tiny.data, bert or self.tiny.bert, self.out,
                           *STUDENT, *extra)
 
-    def kd(self, *extra, train_type="pkd", teacher_file=None):
-        return self.args("--train_type", train_type, "--teacher_prediction",
+    def pkd(self, *extra, teacher_file=None):
+        return self.args("--train_type", "pkd", "--teacher_prediction",
                          teacher_file or self.teacher.file, *extra)
 
     def data_copy(self, task="MRPC"):
@@ -124,26 +124,26 @@ def finished_run(c):
 
 def other_task_teacher(c):
     path = c.teacher_file(lambda r: r.update(task="SST-2"))
-    return "finetune", c.kd(teacher_file=path), [str(path), "SST-2"]
+    return "finetune", c.pkd(teacher_file=path), [str(path), "SST-2"]
 
 
 def other_size_teacher(c):
     def drop_one(record):
         record["splits"]["train"]["num_examples"] -= 1
     path = c.teacher_file(drop_one)
-    return "finetune", c.kd(teacher_file=path), [str(path), "15 train examples"]
+    return "finetune", c.pkd(teacher_file=path), [str(path), "15 train examples"]
 
 
 def other_fingerprint_teacher(c):
     def other_data(record):
         record["splits"]["train"]["fingerprint"] = "0" * 64
     path = c.teacher_file(other_data)
-    return "finetune", c.kd(teacher_file=path), [str(path), "fingerprint"]
+    return "finetune", c.pkd(teacher_file=path), [str(path), "fingerprint"]
 
 
 def old_schema_teacher(c):
     path = c.teacher_file(lambda r: r.update(schema_version=0))
-    return "finetune", c.kd(teacher_file=path), [str(path), "schema version 0"]
+    return "finetune", c.pkd(teacher_file=path), [str(path), "schema version 0"]
 
 
 def other_width_teacher(c):
@@ -151,7 +151,7 @@ def other_width_teacher(c):
         train = record["splits"]["train"]
         train["layer_cls"] = train["layer_cls"][..., :16].contiguous()
     path = c.teacher_file(narrow)
-    return "finetune", c.kd(teacher_file=path), ["hidden size 16", "32"]
+    return "finetune", c.pkd(teacher_file=path), ["hidden size 16", "32"]
 
 
 def normal_teacher_for_pkd(c):
@@ -160,21 +160,21 @@ def normal_teacher_for_pkd(c):
         for split in record["splits"].values():
             split.pop("layer_cls")
     path = c.teacher_file(strip_layers)
-    return "finetune", c.kd(teacher_file=path), [str(path), "per-layer", "--no_layer_features"]
+    return "finetune", c.pkd(teacher_file=path), [str(path), "per-layer", "--no_layer_features"]
 
 
 def truncated_teacher(c):
     path = c.tmp / c.teacher.file.name
     blob = c.teacher.file.read_bytes()
     path.write_bytes(blob[:len(blob) // 2])
-    return "finetune", c.kd(teacher_file=path), [str(path), "truncated"]
+    return "finetune", c.pkd(teacher_file=path), [str(path), "truncated"]
 
 
 def garbage_teacher(c):
     path = c.tmp / c.teacher.file.name
     # 'h' is pickle's BINGET: the unpickler fails with a bare KeyError
     path.write_bytes(b"hello, this is not a checkpoint\n" * 8)
-    return "finetune", c.kd(teacher_file=path), [str(path), "corrupted"]
+    return "finetune", c.pkd(teacher_file=path), [str(path), "corrupted"]
 
 
 def no_default_teacher(c):
@@ -184,7 +184,7 @@ def no_default_teacher(c):
 
 def missing_teacher_file(c):
     path = c.tmp / "nowhere.pkl"
-    return "finetune", c.kd(teacher_file=path), [str(path), "does not exist"]
+    return "finetune", c.pkd(teacher_file=path), [str(path), "does not exist"]
 
 
 def ptp_thresholds(value):
@@ -231,22 +231,23 @@ CASES = {
     "layer_initialization length": lambda c: (
         "finetune", c.args("--layer_initialization", "1,2,3"), ["--layer_initialization 1,2,3"]),
     "layer_initialization range": lambda c: (
-        "finetune", c.args("--layer_initialization", "1,5"), ["--layer_initialization 1,5", "1..4"]),
+        "finetune", c.args("--layer_initialization", "1,5"),
+        ["--layer_initialization 1,5", "1..4"]),
     "layer_initialization not numbers": lambda c: (
         "finetune", c.args("--layer_initialization", "first,last"), ["--layer_initialization"]),
     "fc_layer_idx count": lambda c: (
-        "finetune", c.kd("--fc_layer_idx", "1,2"), ["--fc_layer_idx '1,2'", "needs 1"]),
+        "finetune", c.pkd("--fc_layer_idx", "1,2"), ["--fc_layer_idx '1,2'", "needs 1"]),
     "fc_layer_idx range": lambda c: (
-        "finetune", c.kd("--fc_layer_idx", "3"), ["--fc_layer_idx '3'", "out of range"]),
+        "finetune", c.pkd("--fc_layer_idx", "3"), ["--fc_layer_idx '3'", "out of range"]),
     "SPS fc_layer_idx count": lambda c: (
-        "finetune_ER", c.kd("--fc_layer_idx", "0,1"), ["--fc_layer_idx '0,1'", "needs 3"]),
+        "finetune_ER", c.pkd("--fc_layer_idx", "0,1"), ["--fc_layer_idx '0,1'", "needs 3"]),
     "teacher of another task": other_task_teacher,
     "teacher of another size": other_size_teacher,
     "teacher of other data": other_fingerprint_teacher,
     "teacher of an old schema": old_schema_teacher,
     "teacher of another width": other_width_teacher,
     "teacher with another max_seq_length": lambda c: (
-        "finetune", c.kd("--max_seq_length", 48), ["--max_seq_length 32", "48"]),
+        "finetune", c.pkd("--max_seq_length", 48), ["--max_seq_length 32", "48"]),
     "pkd with a normal teacher file": normal_teacher_for_pkd,
     "truncated teacher file": truncated_teacher,
     "corrupted teacher file": garbage_teacher,
@@ -288,14 +289,7 @@ CASES = {
 }
 
 
-# cases that need a fix outside this helper's files (utils/checkpoints.py)
-XFAIL = {"corrupted teacher file": "safe_torch_load lets a bare KeyError through and calls "
-                                   "other unpickling failures unsafe rather than corrupted"}
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(reason=XFAIL[n],
-                                                                          strict=True))
-                                  if n in XFAIL else n for n in CASES])
+@pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_exits_1_with_one_line_and_writes_nothing(name, request, tmp_path, capsys,
                                                             monkeypatch):
     # the default teacher file and relative paths resolve here, never in src/data/outputs

@@ -218,3 +218,20 @@ def test_preprocess_calls_a_download_script_that_exists():
     text = (ROOT / "preprocess.sh").read_text()
     scripts = set(re.findall(r"src/data/data_raw/[\w./]+\.py", text))
     assert scripts and all((ROOT / s).is_file() for s in scripts)
+
+
+def test_regression_task_trains_ft_kd_and_pkd(world, outputs):
+    """STS-B: MSE losses, Pearson/Spearman metrics, through teacher outputs to kd and pkd."""
+    finetune, save = load_script("finetune"), load_script("save_teacher_outputs")
+    args = common(world, "sts-b")
+    teacher = finetune.main(args + ["--student_hidden_layers", "4", "--max_steps", "3",
+                                    "--output_dir", "stsb-teacher"])
+    assert set(teacher["best_acc"]) >= {"pearson", "spearman", "corr", "loss"}
+    path = save.main(args[:4] + ["--teacher_dir", "stsb-teacher"])
+    record = torch.load(path, weights_only=True)
+    assert record["splits"]["train"]["logits"].shape[1] == 1
+    assert record["splits"]["train"]["correct"] is None
+    for train_type in ("kd", "pkd"):
+        res = finetune.main(args + ["--train_type", train_type, "--student_hidden_layers", "2",
+                                    "--max_steps", "3", "--output_dir", f"stsb-{train_type}"])
+        assert res["main_metric"] == "corr" and res["train_type"] == train_type

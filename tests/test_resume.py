@@ -1,6 +1,11 @@
 """--resume: a run interrupted after a save and resumed ends exactly like one that never stopped
 (dropout on), with its logs continued; and the refusals around it."""
+import csv
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,8 +15,17 @@ from helpers import load_script, make_glue, make_tiny_bert
 from utils import parallel
 from utils.train import _TrainingRun
 
+TESTS = Path(__file__).resolve().parent
 # results that measure wall-clock time, not what the run computed
-TIMINGS = ("train_seconds", "eval_seconds", "train_samples_per_second")
+TIMINGS = ("train_seconds", "eval_seconds", "train_samples_per_second", "inference_samples_per_second")
+# finetune.py in a new process, as a restarted job runs: nothing cached by this test process's
+# earlier runs (e.g. a first-call probe drawing random numbers) can hide a divergence
+WORKER = f"""
+import sys
+sys.path[:0] = [{str(TESTS.parent / "src")!r}, {str(TESTS)!r}]
+from test_resume import train_and_keep_weights
+train_and_keep_weights(sys.argv[2:], sys.argv[1])
+"""
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +43,7 @@ def finetune_args(world, output_dir, *extra):
             str(world["bert"]), "--output_dir", str(output_dir), "--no_cuda",
             "--student_hidden_layers", "2", "--max_seq_length", "24", "--learning_rate", "1e-3",
             "--train_batch_size", "6", "--gradient_accumulation_steps", "2",
-            "--eval_batch_size", "8", "--num_train_epochs", "2.5", "--logging_steps", "1",
+            "--eval_batch_size", "8", "--num_train_epochs", "2.5", "--logging_steps", "3",
             *map(str, extra)]
 
 
@@ -50,6 +64,22 @@ def train_and_keep_weights(argv, weights_file):
         pipeline.train = inner
 
 
+def train_in_new_processes(argv, weights_file, processes=1):
+    """train_and_keep_weights in a new process, or under torchrun in `processes` of them; returns
+    the run's eval_results.json."""
+    launcher = []
+    if processes > 1:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                    "--nproc_per_node", str(processes), "--no-python"]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"  # as this test process runs (conftest)
+    done = subprocess.run([*launcher, sys.executable, "-c", WORKER, str(weights_file), *argv],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    output_dir = Path(argv[argv.index("--output_dir") + 1])
+    return json.loads((output_dir / "eval_results.json").read_text())
+
+
 def assert_same_weights(a, b, atol=0.0):
     a, b = torch.load(a), torch.load(b)
     assert a.keys() == b.keys()
@@ -65,31 +95,53 @@ class Interrupted(Exception):
     """Stands for a killed job: raised from inside the training loop."""
 
 
-@pytest.mark.parametrize("crash_step", [3, 5], ids=["after-epoch-end-save", "mid-epoch"])
-def test_resumed_run_ends_exactly_like_an_uninterrupted_one(tiny2, tmp_path, monkeypatch,
-                                                            crash_step):
-    """Saves happen at steps 2, 4, 6 (--save_steps) and at each epoch end (3, 6, 8). The crash
-    comes one micro-batch after step `crash_step`, so a log row written after the last save
-    (step 5 -> saved at 4) and a half-accumulated gradient are lost and must be redone."""
+def crash_after_micro_step(step):
+    """Killed during the first micro-batch after optimizer step `step`, gradient half-summed."""
+    original = _TrainingRun.micro_step
+
+    def crash(self, index, boundary):
+        original(self, index, boundary)
+        if self.pos.step == step:
+            raise Interrupted
+
+    return "micro_step", crash
+
+
+def crash_instead_of(method, step):
+    """Killed as `method` (save_state, evaluate_dev) starts at step `step`."""
+    original = getattr(_TrainingRun, method)
+
+    def crash(self, *args):
+        if self.pos.step == step:
+            raise Interrupted
+        original(self, *args)
+
+    return method, crash
+
+
+@pytest.mark.parametrize("crash", [crash_after_micro_step(2), crash_after_micro_step(3),
+                                   crash_instead_of("save_state", 6),
+                                   crash_instead_of("evaluate_dev", 6)],
+                         ids=["mid-epoch-mid-accumulation", "after-epoch-end", "saving-mid-epoch",
+                              "before-epoch-end-eval"])
+def test_resumed_run_ends_exactly_like_an_uninterrupted_one(tiny2, tmp_path, monkeypatch, crash):
+    """Loss rows at steps 3, 6, 8 (--logging_steps 3 and each epoch's end), saves at steps 2, 4, 6
+    (--save_steps) and after each epoch's evaluation (3, 6, 8). The crashes resume from states
+    with a part-summed running loss (2, 4), from an epoch boundary (3), from step 4 after the
+    step-6 loss row was written (so the log must be cut back, then continued), and from the
+    step-6 --save_steps state taken after epoch 2's last batch but before its evaluation."""
     full = finetune_args(tiny2, tmp_path / "full", "--save_steps", 2)
     expected = train_and_keep_weights(full, tmp_path / "full.pt")
 
     broken = finetune_args(tiny2, tmp_path / "broken", "--save_steps", 2)
-    micro_step = _TrainingRun.micro_step
-
-    def crash(self, index, boundary):
-        micro_step(self, index, boundary)
-        if self.pos.step == crash_step:
-            raise Interrupted
-
-    monkeypatch.setattr(_TrainingRun, "micro_step", crash)
+    monkeypatch.setattr(_TrainingRun, *crash)
     with pytest.raises(Interrupted):
         load_script("finetune").main(broken)
     assert not (tmp_path / "broken" / "eval_results.json").exists()
     assert (tmp_path / "broken" / "resume_state.pkl").is_file()
-    monkeypatch.setattr(_TrainingRun, "micro_step", micro_step)
+    monkeypatch.undo()
 
-    resumed = train_and_keep_weights(broken + ["--resume"], tmp_path / "resumed.pt")
+    resumed = train_in_new_processes(broken + ["--resume"], tmp_path / "resumed.pt")
 
     assert without_timings(resumed) == without_timings(expected)
     assert expected["optimizer_steps"] == 8 and expected["final"]["epoch"] == 3
@@ -100,8 +152,6 @@ def test_resumed_run_ends_exactly_like_an_uninterrupted_one(tiny2, tmp_path, mon
         assert_same_weights(tmp_path / "full" / name, tmp_path / "broken" / name)
     # a finished run keeps no resume state: it cannot be resumed and would only take space
     assert not (tmp_path / "broken" / "resume_state.pkl").exists()
-    saved = json.loads((tmp_path / "broken" / "eval_results.json").read_text())
-    assert without_timings(saved) == without_timings(expected)
 
 
 def test_resume_state_loads_with_weights_only(tiny2, tmp_path, monkeypatch):
@@ -150,3 +200,10 @@ def test_resume_refuses_changed_training_flags(tiny2, tmp_path, monkeypatch, cap
     # evaluation-only flags may change
     load_script("finetune").main(argv + ["--resume", "--eval_batch_size", "4"])
     assert (tmp_path / "run" / "eval_results.json").is_file()
+
+
+def test_an_eval_step_at_an_epoch_end_is_not_repeated(tiny2, tmp_path):
+    """--eval_steps 3 falls on every epoch's last step (3 steps per epoch): one eval each."""
+    load_script("finetune").main(finetune_args(tiny2, tmp_path / "run", "--eval_steps", 3))
+    with open(tmp_path / "run" / "eval_log.csv", newline="") as f:
+        assert [int(row["step"]) for row in csv.DictReader(f)] == [3, 6, 8]

@@ -6,7 +6,6 @@ would run code when unpickled is refused, never executed.
 """
 import json
 import os
-import pickle
 from pathlib import Path
 
 import torch
@@ -49,14 +48,20 @@ def safe_torch_load(path, what="file"):
         raise PeakdError(f"{what} {path} does not exist")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise PeakdError(f"refused to load {what} {path}: it holds objects other than tensors "
-                         f"and plain data, which could run code ({first[:120]})") from None
-    except (EOFError, RuntimeError, ValueError, OSError) as e:
-        raise PeakdError(f"{what} {path} is corrupted or truncated ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0][:120] if str(e) else ''}); delete it and "
-                         f"rerun the step that wrote it") from None
+    except PeakdError:
+        raise
+    except Exception as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        # torch names the global it blocked ("Unsupported global: ...", or "Trying to load
+        # unsupported GLOBAL ..." for blocked modules); anything else is a broken file
+        unsafe = [line for line in lines if "unsupported global" in line.lower()]
+        if unsafe:
+            raise PeakdError(f"refused to load {what} {path}: it holds objects other than "
+                             f"tensors and plain data, which could run code ({unsafe[0]})"
+                             ) from None
+        reason = f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+        raise PeakdError(f"{what} {path} is corrupted or truncated ({reason}); delete it and "
+                         "rerun the step that wrote it") from None
 
 
 def checkpoint_path(run_dir, prefix, part, criterion):

@@ -1,9 +1,10 @@
-"""The embedded default of `make demo`: a generated sentiment task and a small, never-pretrained BERT.
+"""The embedded default of `make demo`: a generated sentiment task and a small untrained BERT.
 
 Both are built here, deterministically from a seed, so the whole pipeline runs offline on a CPU
-without GLUE or a downloaded checkpoint. Nothing in them is real: the task is synthetic English-like
-sentences whose label is the polarity of one adjective, flipped by a negation; the "pretrained"
-model has random weights. Demo numbers show that the pipeline runs, not what PeaKD achieves.
+without GLUE or a downloaded checkpoint. Nothing in them is real: the task is synthetic
+English-like sentences whose label is the polarity of one adjective, flipped by a negation; the
+"pretrained" model has random weights. Demo numbers show that the pipeline runs, not what PeaKD
+achieves.
 
 Each builder writes into a temporary folder beside its output and renames it into place, so a
 crash never leaves a half-written task or model; a finished output is reused unless `force=True`
@@ -28,8 +29,8 @@ INFO_NAME = "demo_info.json"
 SPLIT_FILES = ("train.tsv", "dev.tsv", "test.tsv")
 MODEL_FILES = ("config.json", "model.safetensors", "vocab.txt")
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-NOT_PRETRAINED = ("DEMO MODEL, NEVER PRETRAINED: its weights are random (seed {seed}). It exists so "
-                  "that `make demo` runs offline; its results say nothing about BERT or PeaKD.")
+NOT_PRETRAINED = ("DEMO MODEL, NEVER PRETRAINED: its weights are random (seed {seed}). It exists "
+                  "so that `make demo` runs offline; its results say nothing about BERT or PeaKD.")
 
 DETERMINERS = ("the", "this", "that", "our", "my", "their")
 SUBJECTS = ("movie", "film", "story", "plot", "script", "cast", "soundtrack", "ending", "director",

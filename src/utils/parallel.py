@@ -54,10 +54,8 @@ def wrap(model, device):
     """The model in DistributedDataParallel when there are several processes, else None."""
     if not distributed():
         return None
-    # BERT has no buffers that change in training, so broadcasting them every step is waste
     return torch.nn.parallel.DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None,
-        broadcast_buffers=False)
+        model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def share(index):
@@ -94,7 +92,3 @@ def all_gather(obj):
     dist.all_gather_object(out, obj)
     return out
 
-
-def barrier():
-    if distributed():
-        dist.barrier()

@@ -125,9 +125,6 @@ def make_optimizer(model, args, t_total):
 
 def plan_steps(num_examples, args):
     """(micro-batch size, optimizer steps per epoch, total optimizer steps)."""
-    if args.train_batch_size % args.gradient_accumulation_steps:
-        raise PeakdError(f"--train_batch_size {args.train_batch_size} must be a multiple of "
-                         f"--gradient_accumulation_steps {args.gradient_accumulation_steps}")
     micro = args.train_batch_size // args.gradient_accumulation_steps
     per_epoch = math.ceil(math.ceil(num_examples / micro) / args.gradient_accumulation_steps)
     total = math.ceil(per_epoch * args.num_train_epochs)
@@ -178,6 +175,8 @@ class _Position:
     last: Optional[dict] = None  # that evaluation's record on the first dev split (rank 0)
     elapsed: float = 0.0  # wall-clock seconds of the run so far, over all sessions
     eval_seconds: float = 0.0  # the part of `elapsed` spent evaluating and writing checkpoints
+    predict_seconds: float = 0.0  # the part of `eval_seconds` spent in dev forward passes
+    predicted: int = 0  # dev examples predicted in that time
 
 
 def rng_state(device):
@@ -204,8 +203,9 @@ def load_resume_state(run_dir, prefix):
     saved = len(state["ranks"])
     if saved != parallel.world_size():
         raise PeakdError(f"resume state {path} was saved by {saved} process(es) and this run "
-                         f"has {parallel.world_size()}; resume with torchrun --nproc_per_node "
-                         f"{saved} (in all) so that every process continues its own random state")
+                         f"has {parallel.world_size()}; resume it with {saved} in all (torchrun "
+                         "--nnodes x --nproc_per_node), so that each continues its own random "
+                         "state")
     return state
 
 
@@ -239,7 +239,7 @@ class _TrainingRun:
         self.epoch_start = self.generator.get_state()
         self.started = time.perf_counter() - self.pos.elapsed
         self.ddp = parallel.wrap(model, device)
-        module = self.ddp or model
+        module = model if self.ddp is None else self.ddp
         self.forward = torch.compile(module) if args.compile else module
         self.logs = {}
         if self.main:
@@ -302,7 +302,6 @@ class _TrainingRun:
             self.epoch_start = self.generator.get_state()
             if pos.evaluated_at != pos.step:
                 self.evaluate_dev(epoch)
-        self.progress.close()
 
     def micro_step(self, index, boundary):
         """Forward and backward of one micro-batch (this rank's share of it)."""
@@ -354,10 +353,18 @@ class _TrainingRun:
         if self.main:
             records = {}
             for split, feats in self.dev_features.items():
+                predict_start = time.perf_counter()
                 metrics, _ = evaluate(self.model, feats, self.task, self.args.eval_batch_size,
                                       self.device, self.amp, self.args.pad_to_max_length)
+                self.pos.predict_seconds += time.perf_counter() - predict_start
+                self.pos.predicted += len(feats)
                 records[split] = {"epoch": epoch, "step": self.pos.step, **metrics}
                 self.logs[EVAL_LOG].write({"split": split, **records[split]})
+                if not math.isfinite(metrics["loss"]):
+                    # a diverged model can still score a "best" metric: never save it
+                    raise PeakdError(f"dev loss on {split} became {metrics['loss']} at optimizer "
+                                     f"step {self.pos.step}; nothing from this evaluation was "
+                                     "saved. Lower --learning_rate or check the data")
             self.pos.last = records[next(iter(self.dev_features))]
             self.selector.update(self.pos.last)
             self.model.train()
@@ -379,7 +386,9 @@ class _TrainingRun:
                    "final": pos.last, "optimizer_steps": pos.step,
                    "train_examples_seen": pos.seen, "processes": parallel.world_size(),
                    "train_seconds": seconds, "eval_seconds": pos.eval_seconds,
-                   "train_samples_per_second": pos.seen / seconds}
+                   "train_samples_per_second": pos.seen / seconds,
+                   "inference_samples_per_second": pos.predicted / max(pos.predict_seconds,
+                                                                       1e-9)}
         write_json(run_file(self.run_dir, RESULTS_FILE, self.prefix), results)
         run_file(self.run_dir, RESUME_FILE, self.prefix).unlink(missing_ok=True)
         return results
@@ -399,5 +408,9 @@ def train(model, train_features, dev_features, task, args, objective, run_dir, p
     with parallel.process_group(device):
         run = _TrainingRun(model, train_features, dev_features, task, args, objective, run_dir,
                            prefix, needs_layers, device)
-        run.run()
+        try:
+            run.run()
+        finally:
+            # an error line must start on its own line, not after the bar
+            run.progress.close()
         return run.results() if run.main else None

@@ -1,0 +1,85 @@
+"""A trained run as a standard transformers BERT folder (`BertForSequenceClassification`).
+
+The folder holds `config.json`, `model.safetensors` (keys `bert.*` and `classifier.*`),
+`vocab.txt` and `tokenizer_config.json`, so `transformers.AutoModelForSequenceClassification`
+and `AutoTokenizer` load it with no PeaKD code. An SPS student is unrolled: its 2k effective
+layers become 2k plain layers in schedule order, and each copy that runs with Query and Key
+swapped gets the key Linear's weights as its query and the query's as its key. transformers' plain
+BERT then computes exactly what the SPS schedule does; the file is larger (2k layers' weights)
+but the model is the same.
+"""
+from pathlib import Path
+
+from BERT.pytorch_pretrained_bert import save_safetensors
+
+from .checkpoints import write_json
+from .errors import PeakdError
+from .modeling import effective_layers, load_tokenizer, load_trained_run
+
+EXPORT_FILES = ("config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json")
+_QUERY, _KEY = "attention.self.query.", "attention.self.key."
+# id2label of a regression head (STS-B): one output, the similarity score
+REGRESSION_LABELS = ("score",)
+
+
+def _swapped(name):
+    """A layer's parameter name with the query and key projections exchanged."""
+    for a, b in ((_QUERY, _KEY), (_KEY, _QUERY)):
+        if name.startswith(a):
+            return b + name[len(a):]
+    return name
+
+
+def unrolled_state_dict(model):
+    """{transformers key: tensor} of a classifier: one plain layer per effective layer.
+
+    Effective layer j runs physical layer i with or without the Q/K swap; it becomes
+    `bert.encoder.layer.j.*` with layer i's weights, query and key exchanged where swapped.
+    """
+    state = {f"bert.{k}": v for k, v in model.bert.state_dict().items()
+             if not k.startswith("encoder.layer.")}
+    layers = [layer.state_dict() for layer in model.bert.encoder.layer]
+    for position, (index, swap) in enumerate(model.bert.encoder.schedule):
+        for name, value in layers[index].items():
+            state[f"bert.encoder.layer.{position}.{_swapped(name) if swap else name}"] = value
+    state.update({f"classifier.{k}": v for k, v in model.classifier.state_dict().items()})
+    return state
+
+
+def hf_config(config, num_layers, task, pad_token_id):
+    """transformers' config.json of the unrolled classifier."""
+    labels = task.labels or REGRESSION_LABELS
+    return {**config.to_dict(), "num_hidden_layers": num_layers,
+            "architectures": ["BertForSequenceClassification"], "model_type": "bert",
+            "id2label": {str(i): label for i, label in enumerate(labels)},
+            "label2id": {label: i for i, label in enumerate(labels)},
+            "problem_type": ("regression" if task.output_mode == "regression"
+                             else "single_label_classification"),
+            "pad_token_id": pad_token_id, "position_embedding_type": "absolute"}
+
+
+def export_run(run_dir, export_dir, criterion="acc", overwrite=False):
+    """Writes the run's `criterion` checkpoint as a transformers folder; returns export_dir.
+
+    Everything is read and checked before the first file is written.
+    """
+    run_dir, export_dir = Path(run_dir), Path(export_dir)
+    if not run_dir.is_dir():
+        raise PeakdError(f"--run_dir {run_dir} does not exist; pass a finetune.py run folder")
+    if export_dir.exists() and any(export_dir.iterdir()) and not overwrite:
+        raise PeakdError(f"--export_dir {export_dir} is not empty; pass --overwrite_export_dir "
+                         "or choose another folder")
+    model, config, run_args, task = load_trained_run(run_dir, criterion)
+    tokenizer = load_tokenizer(run_dir)
+    state = unrolled_state_dict(model)
+    meta = {"format": "pt", "criterion": criterion,
+            "model_type": run_args["model_type"], "task": task.name}
+    export_dir.mkdir(parents=True, exist_ok=True)
+    write_json(export_dir / "config.json",
+               hf_config(config, effective_layers(model), task, tokenizer.vocab.get("[PAD]", 0)))
+    write_json(export_dir / "tokenizer_config.json",
+               {"tokenizer_class": "BertTokenizer", "do_lower_case": tokenizer.do_lower_case,
+                "model_max_length": config.max_position_embeddings})
+    (export_dir / "vocab.txt").write_bytes((run_dir / "vocab.txt").read_bytes())
+    save_safetensors(state, export_dir / "model.safetensors", metadata=meta)
+    return export_dir

@@ -1,0 +1,192 @@
+"""The speed measures change no results: dynamic padding, SDPA, the mask skip, oneDNN linears and
+the fused BertAdam step agree with the plain paths (fp32, tiny models, CPU)."""
+import importlib.util
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+import BERT.pytorch_pretrained_bert.modeling as modeling
+from BERT.pytorch_pretrained_bert import BertAdam, BertConfig
+from utils.features import Features, eval_batches, train_batches
+from utils.modeling import build_classifier
+
+TINY = dict(vocab_size_or_config_json_file=99, hidden_size=32, num_hidden_layers=2,
+            num_attention_heads=4, intermediate_size=37, max_position_embeddings=128)
+MAX_LEN = 128
+
+
+@contextmanager
+def plain_paths():
+    """Every speed switch off, and SDPA's reference (math) kernel: the eager path."""
+    old = modeling.ONEDNN_LINEAR, modeling.SKIP_FULL_MASK
+    modeling.ONEDNN_LINEAR = modeling.SKIP_FULL_MASK = False
+    try:
+        with sdpa_kernel(SDPBackend.MATH):
+            yield
+    finally:
+        modeling.ONEDNN_LINEAR, modeling.SKIP_FULL_MASK = old
+
+
+def tiny_features(n=23, seed=0):
+    """n rows of lengths 3..60 zero-padded to MAX_LEN, as convert_examples_to_features makes."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(3, 61, (n,), generator=g)
+    lengths[0] = 60
+    ids = torch.randint(1, 99, (n, MAX_LEN), generator=g)
+    types = torch.randint(0, 2, (n, MAX_LEN), generator=g)
+    keep = torch.arange(MAX_LEN) < lengths[:, None]
+    return Features(ids * keep, types * keep, lengths, torch.randint(0, 2, (n,), generator=g))
+
+
+@pytest.mark.parametrize("model_type", ["Original", "SPS"])
+def test_dynamic_padding_equals_fixed_length_eager(model_type):
+    torch.manual_seed(0)
+    model = build_classifier(BertConfig(**TINY), 2, model_type).eval()
+    features = tiny_features()
+    fast = torch.empty(len(features), 2)
+    with torch.no_grad():
+        # eval path: length-grouped batches, each padded to its own longest row, all switches on
+        for index in eval_batches(features.lengths, 5):
+            b = features.batch(index)
+            assert b["input_ids"].shape[1] < MAX_LEN
+            fast[index] = model(b["input_ids"], b["token_type_ids"], b["attention_mask"]).logits
+        with plain_paths():
+            b = features.batch(torch.arange(len(features)), pad_to_max=True)
+            assert b["input_ids"].shape[1] == MAX_LEN
+            eager = model(b["input_ids"], b["token_type_ids"], b["attention_mask"]).logits
+    assert (fast - eager).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("model_type", ["Original", "SPS"])
+def test_training_gradients_equal_plain_paths(model_type):
+    """A training batch (its own length, no dropout) gives the plain paths' loss and gradients."""
+    torch.manual_seed(1)
+    config = BertConfig(**TINY, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model = build_classifier(config, 2, model_type).train()
+    features = tiny_features(seed=1)
+    index = train_batches(len(features), 8, torch.Generator().manual_seed(0))[0]
+
+    def grads(batch):
+        model.zero_grad(set_to_none=True)
+        out = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
+                    output_all_encoded_layers=True)
+        loss = F.cross_entropy(out.logits, batch["labels"]) + out.encoded_layers[0][:, 0].sum()
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    loss, fast = grads(features.batch(index))
+    with plain_paths():
+        ref_loss, ref = grads(features.batch(index, pad_to_max=True))
+    assert abs(loss - ref_loss) < 1e-5
+    for name in ref:
+        assert (fast[name] - ref[name]).abs().max() < 1e-5, name
+
+
+def test_batch_without_padding_drops_the_mask():
+    torch.manual_seed(2)
+    model = build_classifier(BertConfig(**TINY), 2, "SPS").eval()
+    ids = torch.randint(1, 99, (3, 17))
+    types = torch.zeros_like(ids)
+    with torch.no_grad():
+        none = model(ids, types, None).logits
+        ones = model(ids, types, torch.ones_like(ids)).logits
+        with plain_paths():
+            additive = model(ids, types, torch.ones_like(ids)).logits
+    assert (none - additive).abs().max() < 1e-6 and (ones - additive).abs().max() < 1e-6
+
+
+@pytest.mark.skipif(not modeling._onednn_usable(), reason="this torch build has no oneDNN linear")
+def test_onednn_linear_matches_f_linear_forward_and_backward():
+    torch.manual_seed(3)
+    x = torch.randn(4, 7, 24, requires_grad=True)
+    w = torch.randn(40, 24, requires_grad=True)
+    b = torch.randn(40, requires_grad=True)
+    y = modeling._OneDNNLinear.apply(x, w, b)
+    ref = F.linear(x, w, b)
+    assert (y - ref).abs().max() < 1e-5
+    g = torch.randn(7, 4, 40).transpose(0, 1)       # a non-contiguous incoming gradient
+    got = torch.autograd.grad(y, (x, w, b), g)
+    want = torch.autograd.grad(ref, (x, w, b), g)
+    for a, e in zip(got, want):
+        assert a.shape == e.shape and (a - e).abs().max() < 1e-4
+    # no bias, and only some inputs needing gradients
+    x2 = torch.randn(5, 24)
+    y2 = modeling._OneDNNLinear.apply(x2, w, None)
+    (gw,) = torch.autograd.grad(y2.sum(), (w,))
+    assert (gw - torch.ones(5, 40).t() @ x2).abs().max() < 1e-4
+
+
+def test_linear_falls_back_outside_fp32_cpu():
+    x, w = torch.randn(3, 8, dtype=torch.float64), torch.randn(5, 8, dtype=torch.float64)
+    assert torch.equal(modeling.linear(x, w), F.linear(x, w))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = modeling.linear(x.float(), w.float())
+    assert y.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("max_grad_norm", [1.0, -1])
+def test_fused_bert_adam_equals_foreach(max_grad_norm):
+    torch.manual_seed(4)
+    base = [torch.randn(30, 20), torch.randn(7), torch.randn(64, 3)]
+
+    def run(fused):
+        ps = [torch.nn.Parameter(t.clone()) for t in base]
+        opt = BertAdam([{"params": ps[:2], "weight_decay": 0.01},
+                        {"params": ps[2:], "weight_decay": 0.0}], lr=0.05, warmup=0.2,
+                       t_total=10, max_grad_norm=max_grad_norm, fused=fused)
+        g = torch.Generator().manual_seed(5)
+        for step in range(6):
+            for p in ps:   # large gradients (clipped) on even steps, small ones on odd steps
+                p.grad = torch.randn(p.shape, generator=g) * (0.01 if step % 2 else 5.0)
+            opt.step()
+        return ps, opt
+
+    (fused, opt_f), (foreach, opt_e) = run(True), run(False)
+    assert opt_f.fused and not opt_e.fused
+    for a, b in zip(fused, foreach):
+        assert (a - b).abs().max() < 1e-5
+        for k in ("next_m", "next_v"):
+            assert (opt_f.state[a][k] - opt_e.state[b][k]).abs().max() < 1e-6
+
+
+def _load_bench():
+    path = Path(__file__).resolve().parents[1] / "bench" / "throughput.py"
+    spec = importlib.util.spec_from_file_location("bench_throughput", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_sps_twin_in_transformers_is_our_sps_model():
+    pytest.importorskip("transformers")
+    bench = _load_bench()
+    torch.manual_seed(6)
+    ours = build_classifier(BertConfig(**TINY), 2, "SPS").eval()
+    theirs = bench.hf_twin(ours, "SPS", 2).eval()
+    assert sum(p.numel() for p in theirs.parameters()) == sum(p.numel() for p in ours.parameters())
+    features = tiny_features(seed=6)
+    b = features.batch(torch.arange(6))
+    with torch.no_grad():
+        mine = ours(b["input_ids"], b["token_type_ids"], b["attention_mask"]).logits
+        ref = theirs(input_ids=b["input_ids"], token_type_ids=b["token_type_ids"],
+                     attention_mask=b["attention_mask"]).logits
+    assert (mine - ref).abs().max() < 1e-5
+
+
+def test_benchmark_helpers():
+    bench = _load_bench()
+    base = BertConfig(30522)
+    # BERT-base forward at 128 tokens: ~2 * 85M weights * 128 + attention = 22.3 GFLOP
+    assert bench.forward_flops(base, 12, 128) == pytest.approx(22.3e9, rel=0.01)
+    args = bench.parse_args(["--quick", "--configs", "student3"])
+    assert args.quick and args.configs == "student3"
+    steps = bench.measurement_list("student3", ["ours", "hf"], kd=True)
+    assert ("train", "mrpc", "hf", "default", None) in steps
+    assert ("train", "mrpc", "ours", "dynamic", "pkd") in steps
+    assert sorted(bench._swap_pairs(steps), key=str) == sorted(steps, key=str)
+    load = bench.LoadMeter().foreign()
+    assert load is None or 0.0 <= load <= 1.0
