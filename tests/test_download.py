@@ -5,6 +5,7 @@ import io
 import os
 import socket
 import subprocess
+import sys
 import threading
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,6 +15,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "src" / "data" / "data_raw"
+# the scripts import their shared http_fetch module from their own folder, as when run directly
+sys.path.insert(0, str(SCRIPTS))
 
 
 def _load(name):

@@ -19,7 +19,7 @@ import zipfile
 import zlib
 from pathlib import Path
 
-import requests
+from http_fetch import FetchError, fetch
 
 GLUE_BASE_URL = "https://dl.fbaipublicfiles.com/glue/data"
 MRPC_BASE_URL = "https://dl.fbaipublicfiles.com/senteval/senteval_data"
@@ -38,11 +38,6 @@ MRPC_TRAIN = "msr_paraphrase_train.txt"
 MRPC_TEST = "msr_paraphrase_test.txt"
 MRPC_TEST_HEADER = b"index\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
 
-CHUNK = 1 << 20
-
-
-class TaskError(Exception):
-    """A task could not be fetched or built; the message says why, in one line."""
 
 
 def default_data_dir():
@@ -72,7 +67,7 @@ def build_parser():
 
 
 def parse_tasks(text):
-    """The canonical task names in `text`, in GLUE's order; raises TaskError for an unknown one."""
+    """The canonical task names in `text`, in GLUE's order; raises FetchError for an unknown one."""
     by_key = {name.lower(): name for name in TASKS}
     by_key.update(ALIASES)
     wanted = set()
@@ -85,9 +80,9 @@ def parse_tasks(text):
         elif key in by_key:
             wanted.add(by_key[key])
         else:
-            raise TaskError(f"unknown task '{raw.strip()}'; known tasks: {', '.join(TASKS)} (or 'all')")
+            raise FetchError(f"unknown task '{raw.strip()}'; known tasks: {', '.join(TASKS)} (or 'all')")
     if not wanted:
-        raise TaskError(f"no task given; known tasks: {', '.join(TASKS)} (or 'all')")
+        raise FetchError(f"no task given; known tasks: {', '.join(TASKS)} (or 'all')")
     return [name for name in TASKS if name in wanted]
 
 
@@ -104,67 +99,19 @@ def is_complete(folder, task):
     return all((folder / name).is_file() for name in required_files(task))
 
 
-def _root_cause(exc):
-    """The innermost OS-level reason of a requests error, which says more than the wrapper chain."""
-    seen = set()
-    stack = [exc]
-    while stack:
-        cur = stack.pop()
-        if cur is None or id(cur) in seen:
-            continue
-        seen.add(id(cur))
-        if isinstance(cur, OSError) and cur.strerror:
-            return cur.strerror
-        stack.extend([cur.__cause__, cur.__context__, getattr(cur, "reason", None)])
-        stack.extend(arg for arg in getattr(cur, "args", ()) if isinstance(arg, BaseException))
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-
-
-def fetch(url, dest, timeout):
-    """Download `url` into the file `dest`, checking status, size against Content-Length and non-emptiness.
-
-    Callers put `dest` in a temporary folder that they remove afterwards, so a failure leaves nothing.
-    """
-    received = 0
-    expected = None
-    try:
-        # Identity encoding keeps Content-Length comparable with the bytes we write.
-        with requests.get(url, stream=True, timeout=timeout, headers={"Accept-Encoding": "identity"}) as resp:
-            if resp.status_code != 200:
-                raise TaskError(f"download of {url} failed: HTTP {resp.status_code}")
-            length = resp.headers.get("Content-Length")
-            if length is not None and length.isdigit() and not resp.headers.get("Content-Encoding"):
-                expected = int(length)
-            with open(dest, "wb") as out:
-                for chunk in resp.iter_content(CHUNK):
-                    out.write(chunk)
-                    received += len(chunk)
-    except requests.exceptions.ChunkedEncodingError:
-        total = f" of {expected}" if expected is not None else ""
-        raise TaskError(f"download of {url} failed: truncated (connection closed after {received}{total} bytes)")
-    except requests.exceptions.Timeout:
-        raise TaskError(f"download of {url} failed: timed out after {timeout:g} s")
-    except requests.exceptions.RequestException as exc:
-        raise TaskError(f"download of {url} failed: {_root_cause(exc)}")
-    if expected is not None and received != expected:
-        raise TaskError(f"download of {url} failed: truncated ({received} of {expected} bytes)")
-    if received == 0:
-        raise TaskError(f"download of {url} failed: the server sent an empty file")
-
-
 def unpack_zip(archive, url, target):
-    """Check `archive` and unpack it into `target`; raises TaskError for a damaged or foreign file."""
+    """Check `archive` and unpack it into `target`; raises FetchError for a damaged or foreign file."""
     try:
         with zipfile.ZipFile(archive) as zf:
             bad = zf.testzip()
             if bad is not None:
-                raise TaskError(f"{url} is a corrupt zip (bad CRC in {bad})")
+                raise FetchError(f"{url} is a corrupt zip (bad CRC in {bad})")
             # extractall strips '..' and absolute parts from member names, so nothing lands outside target.
             zf.extractall(target)
     except zipfile.BadZipFile as exc:
-        raise TaskError(f"{url} is not a valid zip ({exc})")
+        raise FetchError(f"{url} is not a valid zip ({exc})")
     except (zlib.error, EOFError, NotImplementedError, ValueError) as exc:
-        raise TaskError(f"{url} is a corrupt zip ({exc})")
+        raise FetchError(f"{url} is a corrupt zip ({exc})")
 
 
 def content_root(unpacked):
@@ -179,7 +126,7 @@ def _mrpc_rows(data, name):
     """(fields, ...) of every data line of an msr_paraphrase file, header excluded; bytes kept as they are."""
     lines = data.splitlines()
     if not lines:
-        raise TaskError(f"{name} is empty")
+        raise FetchError(f"{name} is empty")
     rows = []
     for number, line in enumerate(lines[1:], start=2):
         # GLUE stripped each row before splitting it, so stray spaces or '\r' at the ends go away.
@@ -188,7 +135,7 @@ def _mrpc_rows(data, name):
             continue
         fields = line.split(b"\t")
         if len(fields) != 5:
-            raise TaskError(f"{name} line {number} has {len(fields)} columns, expected 5")
+            raise FetchError(f"{name} line {number} has {len(fields)} columns, expected 5")
         rows.append(fields)
     return lines[0], rows
 
@@ -208,10 +155,10 @@ def build_mrpc(train_txt, test_txt, dev_ids_tsv, out_dir):
         if parts == [b""]:
             continue
         if len(parts) != 2:
-            raise TaskError(f"{dev_ids_tsv.name} line {number} has {len(parts)} columns, expected 2")
+            raise FetchError(f"{dev_ids_tsv.name} line {number} has {len(parts)} columns, expected 2")
         dev_ids.add((parts[0].strip(), parts[1].strip()))
     if not dev_ids:
-        raise TaskError(f"{dev_ids_tsv.name} lists no dev id pairs")
+        raise FetchError(f"{dev_ids_tsv.name} lists no dev id pairs")
 
     header, rows = _mrpc_rows(train_txt.read_bytes(), train_txt.name)
     train, dev, found = [header + b"\n"], [header + b"\n"], set()
@@ -223,7 +170,7 @@ def build_mrpc(train_txt, test_txt, dev_ids_tsv, out_dir):
         else:
             train.append(b"\t".join(fields) + b"\n")
     if found != dev_ids:
-        raise TaskError(f"{len(dev_ids) - len(found)} of the {len(dev_ids)} dev id pairs in "
+        raise FetchError(f"{len(dev_ids) - len(found)} of the {len(dev_ids)} dev id pairs in "
                         f"{dev_ids_tsv.name} are not in {train_txt.name}")
 
     _, test_rows = _mrpc_rows(test_txt.read_bytes(), test_txt.name)
@@ -277,7 +224,7 @@ def download_task(task, data_dir, base_url, mrpc_base_url, timeout):
     try:
         work = Path(tempfile.mkdtemp(prefix=f".{task}.tmp-", dir=data_dir))
     except OSError as exc:
-        raise TaskError(f"cannot write under {data_dir}: {exc.strerror or exc}")
+        raise FetchError(f"cannot write under {data_dir}: {exc.strerror or exc}")
     try:
         if task == "MRPC":
             folder, source = _stage_mrpc(work, base_url, mrpc_base_url, timeout)
@@ -287,7 +234,7 @@ def download_task(task, data_dir, base_url, mrpc_base_url, timeout):
             folder, source = _stage_zip_task(task, work, base_url, timeout)
         missing = [name for name in required_files(task) if not (folder / name).is_file()]
         if missing:
-            raise TaskError(f"{source} does not contain {', '.join(missing)}")
+            raise FetchError(f"{source} does not contain {', '.join(missing)}")
         if final.exists():
             # Moved aside rather than deleted first, so it can be put back if the swap fails.
             previous = work / "previous"
@@ -300,7 +247,7 @@ def download_task(task, data_dir, base_url, mrpc_base_url, timeout):
         else:
             folder.rename(final)
     except OSError as exc:
-        raise TaskError(f"cannot write under {data_dir}: {exc.strerror or exc}")
+        raise FetchError(f"cannot write under {data_dir}: {exc.strerror or exc}")
     finally:
         # Also runs on Ctrl-C, so an interrupted download leaves no partial files.
         shutil.rmtree(work, ignore_errors=True)
@@ -310,7 +257,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         tasks = parse_tasks(args.tasks)
-    except TaskError as exc:
+    except FetchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
     data_dir = args.data_dir if args.data_dir is not None else default_data_dir()
@@ -331,7 +278,7 @@ def main(argv=None):
         print(f"downloading {task} ...", flush=True)
         try:
             download_task(task, data_dir, base_url, mrpc_base_url, args.timeout)
-        except TaskError as exc:
+        except FetchError as exc:
             print(f"error: task {task}: {exc}", file=sys.stderr, flush=True)
             failed.append(task)
             continue

@@ -13,18 +13,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-import requests
+from http_fetch import FetchError, fetch
 
 DEFAULT_NAME = "bert-base-uncased"
 DEFAULT_FILES = ("config.json", "vocab.txt", "pytorch_model.bin")
 HF_URL = "https://huggingface.co/{name}/resolve/main"
-
-CHUNK = 1 << 20
-
-
-class FetchError(Exception):
-    """A file could not be fetched; the message says which and why, in one line."""
-
 
 def default_output_dir():
     """models/pretrained under src/data, unless the project's data variables say otherwise."""
@@ -50,51 +43,6 @@ def build_parser():
     parser.add_argument("--timeout", type=float, default=60.0,
                         help="seconds to wait for a connection or for data before giving up (default: 60)")
     return parser
-
-
-def _root_cause(exc):
-    """The innermost OS-level reason of a requests error, which says more than the wrapper chain."""
-    seen = set()
-    stack = [exc]
-    while stack:
-        cur = stack.pop()
-        if cur is None or id(cur) in seen:
-            continue
-        seen.add(id(cur))
-        if isinstance(cur, OSError) and cur.strerror:
-            return cur.strerror
-        stack.extend([cur.__cause__, cur.__context__, getattr(cur, "reason", None)])
-        stack.extend(arg for arg in getattr(cur, "args", ()) if isinstance(arg, BaseException))
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-
-
-def fetch(url, dest, timeout):
-    """Download `url` into `dest`, checking status, size against Content-Length and non-emptiness."""
-    received = 0
-    expected = None
-    try:
-        # Identity encoding keeps Content-Length comparable with the bytes we write.
-        with requests.get(url, stream=True, timeout=timeout, headers={"Accept-Encoding": "identity"}) as resp:
-            if resp.status_code != 200:
-                raise FetchError(f"download of {url} failed: HTTP {resp.status_code}")
-            length = resp.headers.get("Content-Length")
-            if length is not None and length.isdigit() and not resp.headers.get("Content-Encoding"):
-                expected = int(length)
-            with open(dest, "wb") as out:
-                for chunk in resp.iter_content(CHUNK):
-                    out.write(chunk)
-                    received += len(chunk)
-    except requests.exceptions.ChunkedEncodingError:
-        total = f" of {expected}" if expected is not None else ""
-        raise FetchError(f"download of {url} failed: truncated (connection closed after {received}{total} bytes)")
-    except requests.exceptions.Timeout:
-        raise FetchError(f"download of {url} failed: timed out after {timeout:g} s")
-    except requests.exceptions.RequestException as exc:
-        raise FetchError(f"download of {url} failed: {_root_cause(exc)}")
-    if expected is not None and received != expected:
-        raise FetchError(f"download of {url} failed: truncated ({received} of {expected} bytes)")
-    if received == 0:
-        raise FetchError(f"download of {url} failed: the server sent an empty file")
 
 
 def download_model(name, files, output_dir, base_url, timeout):
