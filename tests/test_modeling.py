@@ -204,3 +204,35 @@ def test_bert_adam_applies_schedule_once_per_step():
     restored = BertAdam([p], lr=1.0, warmup=0.5, t_total=4)
     restored.load_state_dict(opt.state_dict())
     assert restored.param_groups[0]["step"] == 4
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_bert_adam_with_bias_correction_is_adamw(fused):
+    torch.manual_seed(5)
+    start = torch.randn(6, 4)
+    ours, theirs = torch.nn.Parameter(start.clone()), torch.nn.Parameter(start.clone())
+    opt = BertAdam([ours], lr=0.01, e=1e-8, weight_decay=0.1, max_grad_norm=-1, fused=fused,
+                   bias_correction=True)
+    ref = torch.optim.AdamW([theirs], lr=0.01, eps=1e-8, weight_decay=0.1)
+    for _ in range(5):
+        grad = torch.randn(6, 4)
+        ours.grad, theirs.grad = grad.clone(), grad.clone()
+        opt.step()
+        ref.step()
+    assert torch.allclose(ours.detach(), theirs.detach(), atol=1e-6)
+
+
+def test_bert_adam_first_steps_are_larger_without_bias_correction():
+    """The size of step t for a steady gradient: (1 - b1^t) / sqrt(1 - b2^t) x lr."""
+    sizes = []
+    for correct in (False, True):
+        p = torch.nn.Parameter(torch.zeros(1))
+        opt = BertAdam([p], lr=1.0, e=0.0, weight_decay=0.0, max_grad_norm=-1,
+                       bias_correction=correct)
+        for _ in range(10):
+            p.grad = torch.ones(1)
+            opt.step()
+        sizes.append(-p.item())
+    ratios = [(1 - 0.9 ** t) / math.sqrt(1 - 0.999 ** t) for t in range(1, 11)]
+    assert sizes[1] == pytest.approx(10.0, rel=1e-5)
+    assert sizes[0] == pytest.approx(sum(ratios), rel=1e-5) and sizes[0] > 4 * sizes[1]

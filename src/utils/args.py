@@ -78,6 +78,9 @@ def add_train_args(parser):
     g.add_argument("--train_batch_size", type=int, default=32)
     g.add_argument("--warmup_proportion", type=float, default=0.1)
     g.add_argument("--weight_decay", type=float, default=0.01)
+    g.add_argument("--adam_bias_correction", action="store_true",
+                   help="bias-correct BertAdam's moments as AdamW does (default off, as BERT "
+                        "and the paper: uncorrected steps are several times larger early on)")
     g.add_argument("--gradient_accumulation_steps", type=int, default=1)
     g.add_argument("--train_seed", type=int, default=42)
     g.add_argument("--max_steps", type=int, default=None,

@@ -120,7 +120,8 @@ def make_optimizer(model, args, t_total):
         (no_decay if name.endswith("bias") or "LayerNorm" in name else decay).append(p)
     return BertAdam([{"params": decay, "weight_decay": args.weight_decay},
                      {"params": no_decay, "weight_decay": 0.0}],
-                    lr=args.learning_rate, warmup=args.warmup_proportion, t_total=t_total)
+                    lr=args.learning_rate, warmup=args.warmup_proportion, t_total=t_total,
+                    bias_correction=args.adam_bias_correction)
 
 
 def plan_steps(num_examples, args):

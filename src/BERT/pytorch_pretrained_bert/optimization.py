@@ -1,10 +1,15 @@
 """BertAdam: the optimizer BERT was trained and fine-tuned with, and its learning-rate schedules.
 
 Differences from torch's AdamW, kept on purpose because the method's numbers were made with them:
-no bias correction of the moments (so early steps move less than AdamW's), each parameter tensor's
+no bias correction of the moments, each parameter tensor's
 gradient clipped to norm `max_grad_norm` on its own (not one global norm), and weight decay added
 to the update (decoupled) and scaled by the scheduled learning rate. The schedule lives inside
 the optimizer and is applied once per step: callers must not also use an LR scheduler.
+
+Without bias correction a step is (1 - b1^t) / sqrt(1 - b2^t) times Adam's for a steady
+gradient: 3.2x at t = 1, 6.5x at t = 10, 3.2x at t = 100, still 1.4x at t = 1000. BertAdam at a
+given lr therefore trains like AdamW at a several times larger lr on short fine-tuning runs.
+`bias_correction=True` turns the correction on (AdamW's update, with BERT's clipping).
 
 Speed: a step runs torch's fused AdamW kernel (one pass over each tensor instead of about ten
 foreach passes; 10x faster on the CPU), with its bias correction switched off by a step count so
@@ -46,17 +51,20 @@ SCHEDULES = {"warmup_cosine": warmup_cosine, "warmup_constant": warmup_constant,
 
 
 class BertAdam(Optimizer):
-    """Adam without bias correction, per-tensor gradient clipping, decoupled weight decay.
+    """Adam without bias correction (unless asked), per-tensor clipping, decoupled weight decay.
 
     lr: peak learning rate; warmup: fraction of `t_total` spent warming up (-1: none);
     t_total: total number of optimizer steps (-1: no schedule); schedule: a key of SCHEDULES.
     Per step, for each tensor p with gradient g (after clipping g to norm max_grad_norm):
         m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
         p -= lr * schedule(step / t_total) * (m / (sqrt(v) + e) + weight_decay * p)
+    bias_correction=True uses m / (1 - b1^t) and v / (1 - b2^t) (t = 1 at the first step) in
+    place of m and v, as AdamW does.
     """
 
     def __init__(self, params, lr, warmup=-1, t_total=-1, schedule="warmup_linear", b1=0.9,
-                 b2=0.999, e=1e-6, weight_decay=0.01, max_grad_norm=1.0, fused=None):
+                 b2=0.999, e=1e-6, weight_decay=0.01, max_grad_norm=1.0, fused=None,
+                 bias_correction=False):
         if lr <= 0.0:
             raise ValueError(f"learning rate must be > 0, got {lr}")
         if schedule not in SCHEDULES:
@@ -66,7 +74,8 @@ class BertAdam(Optimizer):
         if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0) or e < 0.0:
             raise ValueError(f"invalid b1 {b1}, b2 {b2} or e {e}")
         defaults = dict(lr=lr, schedule=schedule, warmup=warmup, t_total=t_total, b1=b1, b2=b2,
-                        e=e, weight_decay=weight_decay, max_grad_norm=max_grad_norm, step=0)
+                        e=e, weight_decay=weight_decay, max_grad_norm=max_grad_norm, step=0,
+                        bias_correction=bool(bias_correction))
         super().__init__(params, defaults)
         # None: the fused kernel where this torch has it; False: the foreach path
         self.fused = hasattr(torch, "_fused_adamw_") if fused is None else bool(fused)
@@ -112,10 +121,15 @@ class BertAdam(Optimizer):
         m = [self.state[p]["next_m"] for p in params]
         v = [self.state[p]["next_v"] for p in params]
         device = params[0].device
-        if device not in self._no_bias_correction_steps:
-            # beta ** 1e9 == 0: the kernel's bias corrections become exactly 1
-            self._no_bias_correction_steps[device] = torch.tensor(1e9, device=device)
-        steps = [self._no_bias_correction_steps[device]] * len(params)
+        if group["bias_correction"]:
+            # the kernel reads the step count of the step it takes (1 at the first)
+            step = torch.tensor(float(group["step"] + 1), device=device)
+        else:
+            if device not in self._no_bias_correction_steps:
+                # beta ** 1e9 == 0: the kernel's bias corrections become exactly 1
+                self._no_bias_correction_steps[device] = torch.tensor(1e9, device=device)
+            step = self._no_bias_correction_steps[device]
+        steps = [step] * len(params)
         kwargs = dict(lr=self.scheduled_lr(group), beta1=group["b1"], beta2=group["b2"],
                       weight_decay=group["weight_decay"], eps=group["e"], amsgrad=False,
                       maximize=False)
@@ -142,8 +156,13 @@ class BertAdam(Optimizer):
         torch._foreach_mul_(v, group["b2"])
         torch._foreach_addcmul_(v, grads, grads, value=1.0 - group["b2"])
         denom = torch._foreach_sqrt(v)
+        if group["bias_correction"]:
+            t = group["step"] + 1
+            torch._foreach_div_(denom, math.sqrt(1.0 - group["b2"] ** t))
         torch._foreach_add_(denom, group["e"])
         update = torch._foreach_div(m, denom)
+        if group["bias_correction"]:
+            torch._foreach_mul_(update, 1.0 / (1.0 - group["b1"] ** t))
         if group["weight_decay"] > 0.0:
             torch._foreach_add_(update, params, alpha=group["weight_decay"])
         torch._foreach_add_(params, update, alpha=-self.scheduled_lr(group))
