@@ -184,7 +184,7 @@ def test_benchmark_helpers():
     assert bench.forward_flops(base, 12, 128) == pytest.approx(22.3e9, rel=0.01)
     args = bench.parse_args(["--quick", "--configs", "student3"])
     assert args.quick and args.configs == "student3"
-    steps = bench.measurement_list("student3", ["ours", "hf"], kd=True)
+    steps = bench.measurement_list(["ours", "hf"], kd=True)
     assert ("train", "mrpc", "hf", "default", None) in steps
     assert ("train", "mrpc", "ours", "dynamic", "pkd") in steps
     assert sorted(bench._swap_pairs(steps), key=str) == sorted(steps, key=str)

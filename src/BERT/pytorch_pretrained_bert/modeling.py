@@ -133,8 +133,14 @@ class _OneDNNLinear(torch.autograd.Function):
             grad_x = _onednn_matmul(grad, weight.t(), None)
         grad2d = grad.reshape(-1, grad.shape[-1])
         if ctx.needs_input_grad[1]:
-            # (N, M) @ (M, K): both operands as transposed views, which oneDNN reads in place
-            grad_w = _onednn_matmul(grad2d.t(), x.reshape(-1, x.shape[-1]).t(), None)
+            # (N, M) @ (M, K), a sum over the M tokens. oneDNN copies its first operand into
+            # row-major order (the second it repacks anyway), so the narrower of grad (M, N) and
+            # x (M, K) goes first; transposing the small (K, N) result back is cheaper.
+            x2d = x.reshape(-1, x.shape[-1])
+            if grad2d.shape[1] > x2d.shape[1]:
+                grad_w = _onednn_matmul(x2d.t(), grad2d.t(), None).t().contiguous()
+            else:
+                grad_w = _onednn_matmul(grad2d.t(), x2d.t(), None)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad2d.sum(0)
         return grad_x, grad_w, grad_b
@@ -159,8 +165,8 @@ def linear(x, weight, bias=None):
     """F.linear; fp32 on the CPU (outside autocast and torch.compile) goes through oneDNN."""
     global _ONEDNN_OK
     if (ONEDNN_LINEAR and x.device.type == "cpu" and x.dtype == torch.float32
-            and weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
-            and not torch.compiler.is_compiling()):
+            and weight.dtype == torch.float32 and x.numel() > 0
+            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()):
         if _ONEDNN_OK is None:
             _ONEDNN_OK = _onednn_usable()
         if _ONEDNN_OK:
