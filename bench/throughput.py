@@ -43,6 +43,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import BERT.pytorch_pretrained_bert.modeling as modeling  # noqa: E402
+import BERT.pytorch_pretrained_bert.linear as fast_linear  # noqa: E402
 from BERT.pytorch_pretrained_bert import BertAdam, BertConfig, BertTokenizer  # noqa: E402
 from utils.features import (convert_examples_to_features, eval_batches,  # noqa: E402
                             train_batches)
@@ -420,15 +421,16 @@ class Objective:
 
 @contextlib.contextmanager
 def switches(**values):
-    """Temporarily sets modeling's speed switches (for --ablate)."""
-    old = {k: getattr(modeling, k) for k in values}
+    """Temporarily sets the BERT package's speed switches (for --ablate)."""
+    owners = {k: fast_linear if hasattr(fast_linear, k) else modeling for k in values}
+    old = {k: getattr(owners[k], k) for k in values}
     for k, v in values.items():
-        setattr(modeling, k, v)
+        setattr(owners[k], k, v)
     try:
         yield
     finally:
         for k, v in old.items():
-            setattr(modeling, k, v)
+            setattr(owners[k], k, v)
 
 
 # ------------------------------------------------------------------------------ measuring

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+import BERT.pytorch_pretrained_bert.linear as fast_linear
 import BERT.pytorch_pretrained_bert.modeling as modeling
 from BERT.pytorch_pretrained_bert import BertAdam, BertConfig
 from utils.features import Features, eval_batches, train_batches
@@ -22,13 +23,13 @@ MAX_LEN = 128
 @contextmanager
 def plain_paths():
     """Every speed switch off, and SDPA's reference (math) kernel: the eager path."""
-    old = modeling.ONEDNN_LINEAR, modeling.SKIP_FULL_MASK
-    modeling.ONEDNN_LINEAR = modeling.SKIP_FULL_MASK = False
+    old = fast_linear.ONEDNN_LINEAR, modeling.SKIP_FULL_MASK
+    fast_linear.ONEDNN_LINEAR = modeling.SKIP_FULL_MASK = False
     try:
         with sdpa_kernel(SDPBackend.MATH):
             yield
     finally:
-        modeling.ONEDNN_LINEAR, modeling.SKIP_FULL_MASK = old
+        fast_linear.ONEDNN_LINEAR, modeling.SKIP_FULL_MASK = old
 
 
 def tiny_features(n=23, seed=0):
@@ -99,13 +100,13 @@ def test_batch_without_padding_drops_the_mask():
     assert (none - additive).abs().max() < 1e-6 and (ones - additive).abs().max() < 1e-6
 
 
-@pytest.mark.skipif(not modeling._onednn_usable(), reason="this torch build has no oneDNN linear")
+@pytest.mark.skipif(not fast_linear._onednn_usable(), reason="this torch build has no oneDNN linear")
 def test_onednn_linear_matches_f_linear_forward_and_backward():
     torch.manual_seed(3)
     x = torch.randn(4, 7, 24, requires_grad=True)
     w = torch.randn(40, 24, requires_grad=True)
     b = torch.randn(40, requires_grad=True)
-    y = modeling._OneDNNLinear.apply(x, w, b)
+    y = fast_linear._OneDNNLinear.apply(x, w, b)
     ref = F.linear(x, w, b)
     assert (y - ref).abs().max() < 1e-5
     g = torch.randn(7, 4, 40).transpose(0, 1)       # a non-contiguous incoming gradient
@@ -115,16 +116,16 @@ def test_onednn_linear_matches_f_linear_forward_and_backward():
         assert a.shape == e.shape and (a - e).abs().max() < 1e-4
     # no bias, and only some inputs needing gradients
     x2 = torch.randn(5, 24)
-    y2 = modeling._OneDNNLinear.apply(x2, w, None)
+    y2 = fast_linear._OneDNNLinear.apply(x2, w, None)
     (gw,) = torch.autograd.grad(y2.sum(), (w,))
     assert (gw - torch.ones(5, 40).t() @ x2).abs().max() < 1e-4
 
 
 def test_linear_falls_back_outside_fp32_cpu():
     x, w = torch.randn(3, 8, dtype=torch.float64), torch.randn(5, 8, dtype=torch.float64)
-    assert torch.equal(modeling.linear(x, w), F.linear(x, w))
+    assert torch.equal(fast_linear.linear(x, w), F.linear(x, w))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = modeling.linear(x.float(), w.float())
+        y = fast_linear.linear(x.float(), w.float())
     assert y.dtype == torch.bfloat16
 
 
