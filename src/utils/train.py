@@ -16,6 +16,7 @@ on shares of the same global batches (utils/parallel.py); rank 0 evaluates and w
 import contextlib
 import dataclasses
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -251,8 +252,10 @@ class _TrainingRun:
                 # a stale state from an earlier, interrupted run in this folder must not be
                 # resumed on top of this run's logs
                 run_file(self.run_dir, RESUME_FILE, prefix).unlink(missing_ok=True)
+        # in a log file (not a terminal) a bar line every 30 s instead of every 0.1 s
         self.progress = tqdm(total=self.t_total, initial=self.pos.step, disable=not self.main,
-                             desc=f"{prefix} {task.name}", unit="step", dynamic_ncols=True)
+                             desc=f"{prefix} {task.name}", unit="step", dynamic_ncols=True,
+                             mininterval=0.1 if sys.stderr.isatty() else 30.0)
 
     def restore(self, state):
         self.model.load_state_dict(state["model"])
