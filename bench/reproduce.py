@@ -99,7 +99,6 @@ def run_grid(args):
     student = train + ["--student_hidden_layers", k, "--learning_rate", str(args.lr),
                        "--num_train_epochs", str(args.epochs), "--teacher_prediction",
                        str(teacher_file)]
-    runs = []
     for seed in args.seeds.split(","):
         for name in variants:
             train_type, model_type, ptp = VARIANTS[name]
@@ -115,8 +114,17 @@ def run_grid(args):
             run_stage(f"{name}_seed{seed}", "finetune.py", seed_args + start + [
                 "--train_type", train_type, "--model_type", model_type, "--output_dir",
                 str(out)], out / "eval_results.json", logs)
-            runs.append((name, seed, out))
-    return work, teacher, runs
+    return work, teacher
+
+
+def finished_runs(work):
+    """(variant, seed, folder) of every finished student run in `work`, whichever command
+    ran it: grids split over several processes share one table."""
+    runs = []
+    for name in VARIANTS:
+        for results in sorted(work.glob(f"{name}_seed*/eval_results.json")):
+            runs.append((name, results.parent.name[len(name) + len("_seed"):], results.parent))
+    return runs
 
 
 def collect(teacher, runs):
@@ -181,8 +189,8 @@ def plot(frame, path, metric):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    work, teacher, runs = run_grid(args)
-    frame = collect(teacher, runs)
+    work, teacher = run_grid(args)
+    frame = collect(teacher, finished_runs(work))
     frame.to_csv(work / "results.csv", index=False)
     table = summarize(frame)
     (work / "results.md").write_text(table)
