@@ -11,7 +11,7 @@ repeats, for the BERT-base config (12 layers, 768), a 3-layer student and a 3-la
     (tokenized with our BertTokenizer and the MiniLM vocab): ours and transformers both on
     batches padded to their own longest row ("dynamic"), and transformers at its default
     padding to 128;
-  * a KD and a PKD step (our kd_loss / patience_loss, teacher outputs looked up by index)
+  * a KD and a PKD step (utils.distill's objective, teacher outputs looked up by index)
     against a plain fine-tuning step of the same student;
   * model FLOP utilisation (MFU) against the fp32 matmul peak measured here (torch.mm of big
     square matrices, and oneDNN's matmul, which is faster on this CPU: the target uses the best).
@@ -48,7 +48,8 @@ from BERT.pytorch_pretrained_bert import BertAdam, BertConfig, BertTokenizer  # 
 from utils.features import (convert_examples_to_features, eval_batches,  # noqa: E402
                             train_batches)
 from utils.glue import get_task  # noqa: E402
-from utils.losses import kd_loss, patience_loss, resolve_fc_layer_idx  # noqa: E402
+from utils.args import apply_presets  # noqa: E402
+from utils.distill import build_objective  # noqa: E402
 from utils.modeling import build_classifier  # noqa: E402
 
 DEFAULT_GLUE = Path(os.environ.get("PEAKD_SHARED_GLUE", ROOT.parent / "shared" / "glue_data"))
@@ -394,29 +395,18 @@ class Theirs:
             return self._call(batch).logits
 
 
-class Objective:
-    """KD or PKD on teacher outputs looked up by example index (as src/utils/distill.py does).
-
-    The teacher tensors stand in for the teacher-outputs file: (N, C) logits and the (N, L_T, H)
-    [CLS] vectors narrowed once to the paired layers.
-    """
-
-    def __init__(self, kind, model, num_examples, device, seed=0):
-        g = torch.Generator().manual_seed(seed)
-        hidden, n = model.config.hidden_size, len(model.bert.encoder.schedule)
-        self.kind, self.needs_layers = kind, kind == "pkd"
-        self.teacher_logits = torch.randn(num_examples, 2, generator=g).to(device)
-        fc = resolve_fc_layer_idx(None, n, TEACHER_LAYERS)
-        layer_cls = torch.randn(num_examples, TEACHER_LAYERS, hidden, generator=g)
-        self.teacher_cls = layer_cls[:, fc].contiguous().to(device)
-
-    def __call__(self, out, batch):
-        index, labels = batch["index"], batch["labels"]
-        loss = kd_loss(out.logits, self.teacher_logits[index], labels, 0.7, 10.0)
-        if self.kind == "pkd":
-            student_cls = torch.stack([h[:, 0] for h in out.encoded_layers[:-1]], dim=1)
-            loss = loss + 100.0 * patience_loss(student_cls, self.teacher_cls[index], True)
-        return loss
+def distill_objective(kind, model, num_examples, device, seed=0):
+    """The project's own KD or PKD objective (utils.distill, preset hyperparameters) on random
+    stand-ins for the teacher file: (N, C) logits and (N, L_T, H) [CLS] vectors."""
+    g = torch.Generator().manual_seed(seed)
+    teacher = {"logits": torch.randn(num_examples, 2, generator=g),
+               "layer_cls": torch.randn(num_examples, TEACHER_LAYERS, model.config.hidden_size,
+                                        generator=g)}
+    args = apply_presets(argparse.Namespace(train_type=kind, alpha=None, T=None, beta=None,
+                                            fc_layer_idx=None, normalize_patience=None))
+    objective, needs_layers = build_objective(args, get_task("MRPC"), model, teacher, device)
+    objective.needs_layers = needs_layers
+    return objective
 
 
 @contextlib.contextmanager
@@ -513,7 +503,8 @@ def bench_config(name, args, device, features, amp, budget_s, clock, log):
         impls["ours_foreach_adam"] = Ours(ours_model, device, amp, False, fused_adam=False)
     objectives = {}
     if name != "base":
-        objectives = {k: Objective(k, ours_model, len(features), device) for k in ("kd", "pkd")}
+        objectives = {k: distill_objective(k, ours_model, len(features), device)
+                      for k in ("kd", "pkd")}
 
     # parity: the same function (eval mode) on a real batch, dynamic and padded to 128
     ours_model.eval()
