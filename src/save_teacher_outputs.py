@@ -15,10 +15,9 @@ from utils.args import add_task_args, task_output_dir
 from utils.errors import PeakdError
 from utils.features import examples_fingerprint
 from utils.glue import get_task
-from utils.metrics import metrics_for
 from utils.modeling import effective_layers, load_tokenizer, load_trained_run
 from utils.pipeline import check_lengths, load_splits, run_cli
-from utils.train import autocast, collect_outputs, pick_device
+from utils.train import autocast, collect_outputs, pick_device, score
 
 
 def build_parser():
@@ -65,9 +64,7 @@ def run(args):
                               autocast(args, device), args.pad_to_max_length, layers)
         metrics = {}
         if features.labels is not None:
-            logits = out["logits"]
-            preds = logits.view(-1) if task.output_mode == "regression" else logits.argmax(-1)
-            metrics = metrics_for(task.metric_names, preds.numpy(), features.labels.numpy())
+            metrics = score(task, out["logits"], features.labels)
             print(f"teacher {task.name} {split}: " +
                   ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         entries[split] = teacher_outputs.make_split(

@@ -8,6 +8,8 @@ from pathlib import Path
 from BERT.pytorch_pretrained_bert import (BertConfig, BertForSequenceClassification,
                                           BertTokenizer, load_pretrained_weights,
                                           normalize_state_dict, plain_schedule)
+from BERT.pytorch_pretrained_bert.modeling import CONFIG_NAMES, WEIGHTS_NAMES, find_model_file
+from BERT.pytorch_pretrained_bert.tokenization import VOCAB_NAME
 
 import envs
 
@@ -27,14 +29,14 @@ def resolve_bert_model(name):
     if not path.is_dir():
         raise PeakdError(f"--bert_model {name}: no such directory (nor {path}); pass a model "
                          "directory or run `bash preprocess.sh --with_bert`")
-    missing = [what for what, names in (("config", ("config.json", "bert_config.json")),
-                                        ("vocab", ("vocab.txt",)),
-                                        ("weights", ("model.safetensors", "pytorch_model.bin")))
-               if not any((path / n).is_file() for n in names)]
-    if missing:
-        raise PeakdError(f"--bert_model {path} is incomplete: no {', '.join(missing)} file; "
-                         "it needs config.json, vocab.txt and model.safetensors or "
-                         "pytorch_model.bin")
+    for what, names in (("config", CONFIG_NAMES), ("vocab", (VOCAB_NAME,)),
+                        ("weights", WEIGHTS_NAMES)):
+        try:
+            find_model_file(path, names, what)
+        except FileNotFoundError:
+            raise PeakdError(f"--bert_model {path} is incomplete: no {what} file (looked for "
+                             f"{', '.join(names)}); it needs a config, {VOCAB_NAME} and "
+                             "weights") from None
     return path
 
 
@@ -129,7 +131,11 @@ def build_student(model_dir, num_labels, num_layers, model_type="Original",
     `load_model` names an encoder checkpoint (e.g. `PTP.encoder_loss.pkl`), from that file.
     Returns (model, config).
     """
-    pretrained = read_config(_config_file(model_dir), "--bert_model config")
+    try:
+        config_file = find_model_file(model_dir, CONFIG_NAMES, "config")
+    except FileNotFoundError as e:
+        raise PeakdError(f"--bert_model: {e}") from None
+    pretrained = read_config(config_file, "--bert_model config")
     layer_map = student_layer_map(num_layers, pretrained.num_hidden_layers, layer_initialization)
     config = pretrained.copy(num_hidden_layers=num_layers)
     model = build_classifier(config, num_labels, model_type, second_pass, swap_flip_prob)
@@ -195,10 +201,3 @@ def read_config(path, what):
 def effective_layers(model):
     """How many layer applications one forward makes (2k for an SPS student)."""
     return len(model.bert.encoder.schedule)
-
-
-def _config_file(model_dir):
-    for name in ("config.json", "bert_config.json"):
-        if (Path(model_dir) / name).is_file():
-            return Path(model_dir) / name
-    raise PeakdError(f"--bert_model {model_dir} has no config.json or bert_config.json")

@@ -104,14 +104,19 @@ def predict(model, features, batch_size, device, amp, pad_to_max=False):
     return collect_outputs(model, features, batch_size, device, amp, pad_to_max)["logits"]
 
 
+def score(task, logits, labels):
+    """The task's metrics and `loss` of logits (N, C) against gold labels (N,)."""
+    regression = task.output_mode == "regression"
+    preds = logits.view(-1) if regression else logits.argmax(-1)
+    metrics = metrics_for(task.metric_names, preds.numpy(), labels.numpy())
+    metrics["loss"] = task_loss(logits, labels, regression).item()
+    return metrics
+
+
 def evaluate(model, features, task, batch_size, device, amp, pad_to_max=False):
     """(metrics dict incl. `loss`, logits (N, C)) on a labelled split."""
     logits = predict(model, features, batch_size, device, amp, pad_to_max)
-    regression = task.output_mode == "regression"
-    preds = logits.view(-1) if regression else logits.argmax(-1)
-    metrics = metrics_for(task.metric_names, preds.numpy(), features.labels.numpy())
-    metrics["loss"] = task_loss(logits, features.labels, regression).item()
-    return metrics, logits
+    return score(task, logits, features.labels), logits
 
 
 def make_optimizer(model, args, t_total):

@@ -397,7 +397,8 @@ class BertForSequenceClassification(BertPreTrainedModel):
                                        **kwargs)
 
 
-def _find(directory, names, what):
+def find_model_file(directory, names, what):
+    """The first of `names` present in `directory`; FileNotFoundError naming them all."""
     directory = Path(directory)
     for name in names:
         if (directory / name).is_file():
@@ -408,12 +409,12 @@ def _find(directory, names, what):
 
 def load_config(directory):
     """The BertConfig of a pretrained directory (`config.json` or `bert_config.json`)."""
-    return BertConfig.from_json_file(_find(directory, CONFIG_NAMES, "config"))
+    return BertConfig.from_json_file(find_model_file(directory, CONFIG_NAMES, "config"))
 
 
 def load_pretrained_weights(directory):
     """The raw state dict of a pretrained directory (safetensors or pytorch_model.bin)."""
-    return load_state_dict_file(_find(directory, WEIGHTS_NAMES, "weights"))
+    return load_state_dict_file(find_model_file(directory, WEIGHTS_NAMES, "weights"))
 
 
 def normalize_state_dict(state_dict, bert_prefix):
