@@ -42,9 +42,12 @@ def build_parser():
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--student_hidden_layers", type=int, default=3)
     p.add_argument("--teacher_epochs", type=float, default=3.0)
-    p.add_argument("--epochs", type=float, default=3.0, help="student and PTP epochs")
-    p.add_argument("--teacher_lr", type=float, default=1e-4)
-    p.add_argument("--lr", type=float, default=1e-4, help="student and PTP learning rate")
+    # Two student epochs keep one task's 3-seed grid near an hour per core on a 2-core CPU.
+    p.add_argument("--epochs", type=float, default=2.0, help="student and PTP epochs")
+    # BertAdam has no bias correction, so its early steps are 3-5x AdamW's: 2e-5 suits the
+    # teacher, 5e-5 the students, and 1e-4 collapsed the MiniLM teacher to the majority class.
+    p.add_argument("--teacher_lr", type=float, default=2e-5)
+    p.add_argument("--lr", type=float, default=5e-5, help="student and PTP learning rate")
     p.add_argument("--teacher_seed", type=int, default=42)
     p.add_argument("--max_seq_length", type=int, default=128)
     p.add_argument("--train_batch_size", type=int, default=32)
@@ -53,12 +56,16 @@ def build_parser():
     return p
 
 
-def run_stage(label, script, argv, done, log_dir):
-    """Runs one script unless `done` exists; its output goes to <log_dir>/<label>.log."""
+def run_stage(stage, position, total, log_dir):
+    """Runs one planned stage unless its results file exists; output goes to
+    <log_dir>/<label>.log, progress ([position/total], seconds) to stdout."""
+    label, script, argv, done = stage
+    tag = f"{position}/{total}"
     if done.exists():
-        print(f"[skip] {label}: {done} exists", flush=True)
+        print(f"[skip {tag}] {label}: {done} exists", flush=True)
         return
-    print(f"[run ] {label} ...", flush=True)
+    print(f"[run  {tag}] {label} ... (progress: tail -f {log_dir / (label + '.log')})",
+          flush=True)
     start = time.perf_counter()
     log = log_dir / f"{label}.log"
     with open(log, "w") as f:
@@ -68,14 +75,28 @@ def run_stage(label, script, argv, done, log_dir):
         tail = log.read_text(errors="replace").strip().splitlines()[-1:]
         raise SystemExit(f"error: {label} failed (exit {proc.returncode}); see {log}: "
                          f"{' '.join(tail)}")
-    print(f"[done] {label} in {time.perf_counter() - start:.0f} s", flush=True)
+    print(f"[done {tag}] {label} in {time.perf_counter() - start:.0f} s", flush=True)
 
 
-def run_grid(args):
-    work = Path(args.work_dir).resolve()
-    logs = work / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    depth = json.loads((Path(args.bert_model) / "config.json").read_text())["num_hidden_layers"]
+def check_inputs(args):
+    """One-line errors for inputs the first stage would otherwise trip over minutes later."""
+    config = Path(args.bert_model) / "config.json"
+    if not config.is_file():
+        raise SystemExit(f"error: --bert_model {args.bert_model}: no config.json there; pass a "
+                         "pretrained BERT directory (config.json, weights, vocab.txt)")
+    train = Path(args.data_dir) / args.task / "train.tsv"
+    if not train.is_file():
+        raise SystemExit(f"error: --data_dir {args.data_dir}: {train} not found; run "
+                         "src/data/data_raw/download_glue_data.py or pass the GLUE folder")
+    unknown = set(args.variants.split(",")) - set(VARIANTS)
+    if unknown:
+        raise SystemExit(f"error: unknown --variants {sorted(unknown)}; known: {list(VARIANTS)}")
+    return json.loads(config.read_text())["num_hidden_layers"]
+
+
+def plan_grid(args, work, depth):
+    """Every stage of the grid in order, as (label, script, argv, results file): the teacher,
+    its outputs, then per seed each variant (a PTP variant after its own PTP run)."""
     base = ["--task", args.task, "--data_dir", args.data_dir, "--max_seq_length",
             str(args.max_seq_length)]
     train = base + ["--bert_model", args.bert_model, "--train_batch_size",
@@ -83,37 +104,44 @@ def run_grid(args):
     if args.max_steps:
         train += ["--max_steps", str(args.max_steps)]
     teacher = work / "teacher"
-    run_stage("teacher", "finetune.py", train + [
-        "--train_type", "ft", "--model_type", "Original", "--student_hidden_layers", str(depth),
-        "--learning_rate", str(args.teacher_lr), "--num_train_epochs", str(args.teacher_epochs),
-        "--train_seed", str(args.teacher_seed), "--output_dir", str(teacher)],
-        teacher / "eval_results.json", logs)
     teacher_file = work / f"{args.task.upper()}_patient_kd_teacher_{depth}layer_result_summary.pkl"
-    run_stage("teacher_outputs", "save_teacher_outputs.py", base + [
-        "--teacher_dir", str(teacher), "--output_dir", str(work)], teacher_file, logs)
-    variants = args.variants.split(",")
-    unknown = set(variants) - set(VARIANTS)
-    if unknown:
-        raise SystemExit(f"error: unknown --variants {sorted(unknown)}; known: {list(VARIANTS)}")
-    k = str(args.student_hidden_layers)
-    student = train + ["--student_hidden_layers", k, "--learning_rate", str(args.lr),
-                       "--num_train_epochs", str(args.epochs), "--teacher_prediction",
-                       str(teacher_file)]
+    stages = [
+        ("teacher", "finetune.py", train + [
+            "--train_type", "ft", "--model_type", "Original", "--student_hidden_layers",
+            str(depth), "--learning_rate", str(args.teacher_lr), "--num_train_epochs",
+            str(args.teacher_epochs), "--train_seed", str(args.teacher_seed), "--output_dir",
+            str(teacher)], teacher / "eval_results.json"),
+        ("teacher_outputs", "save_teacher_outputs.py", base + [
+            "--teacher_dir", str(teacher), "--output_dir", str(work)], teacher_file)]
+    student = train + ["--student_hidden_layers", str(args.student_hidden_layers),
+                       "--learning_rate", str(args.lr), "--num_train_epochs", str(args.epochs),
+                       "--teacher_prediction", str(teacher_file)]
     for seed in args.seeds.split(","):
-        for name in variants:
+        for name in args.variants.split(","):
             train_type, model_type, ptp = VARIANTS[name]
             seed_args = student + ["--train_seed", seed]
             start = []
             if ptp:
                 ptp_dir = work / f"ptp_{ptp}_seed{seed}"
-                run_stage(f"ptp_{ptp}_seed{seed}", "PTP.py", seed_args + [
+                stages.append((f"ptp_{ptp}_seed{seed}", "PTP.py", seed_args + [
                     "--model_type", ptp, "--output_dir", str(ptp_dir)],
-                    ptp_dir / "PTP.eval_results.json", logs)
+                    ptp_dir / "PTP.eval_results.json"))
                 start = ["--load_model_dir", str(ptp_dir / "PTP.encoder_loss.pkl")]
             out = work / f"{name}_seed{seed}"
-            run_stage(f"{name}_seed{seed}", "finetune.py", seed_args + start + [
+            stages.append((f"{name}_seed{seed}", "finetune.py", seed_args + start + [
                 "--train_type", train_type, "--model_type", model_type, "--output_dir",
-                str(out)], out / "eval_results.json", logs)
+                str(out)], out / "eval_results.json"))
+    return teacher, stages
+
+
+def run_grid(args):
+    depth = check_inputs(args)
+    work = Path(args.work_dir).resolve()
+    logs = work / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    teacher, stages = plan_grid(args, work, depth)
+    for position, stage in enumerate(stages, 1):
+        run_stage(stage, position, len(stages), logs)
     return work, teacher
 
 
@@ -166,6 +194,8 @@ def summarize(frame):
 
 
 def plot(frame, path, metric):
+    """Two panels per variant: the dev metric (mean ± std over seeds) and inference
+    samples/s, so SPS's accuracy shows next to its cost."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -174,23 +204,29 @@ def plot(frame, path, metric):
         print("matplotlib is not installed: no chart (pip install -r requirements-bench.txt)")
         return
     order = ["teacher"] + [v for v in VARIANTS if v in set(frame["variant"])]
-    stats = frame.groupby("variant")[metric].agg(["mean", "std"]).reindex(order).fillna(0.0)
-    fig, ax = plt.subplots(figsize=(8, 4))
-    ax.bar(range(len(order)), stats["mean"], yerr=stats["std"], capsize=4,
-           color=["#777"] + ["#4a7ab5"] * (len(order) - 1))
-    ax.set_xticks(range(len(order)), order, rotation=30, ha="right")
-    low = (stats["mean"] - stats["std"]).min()
-    ax.set_ylim(max(0.0, low - 0.05), min(1.0, (stats["mean"] + stats["std"]).max() + 0.03))
-    ax.set_ylabel(f"dev {metric}")
-    ax.set_title("PeaKD variants (mean ± std over seeds)")
+    colors = ["#777"] + ["#4a7ab5"] * (len(order) - 1)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, column, label in ((axes[0], metric, f"dev {metric}"),
+                              (axes[1], "inference_samples_per_second", "inference samples/s")):
+        stats = frame.groupby("variant")[column].agg(["mean", "std"]).reindex(order).fillna(0.0)
+        ax.bar(range(len(order)), stats["mean"], yerr=stats["std"], capsize=4, color=colors)
+        ax.set_xticks(range(len(order)), order, rotation=30, ha="right")
+        ax.set_ylabel(label)
+        if column == metric:
+            low, high = (stats["mean"] - stats["std"]).min(), (stats["mean"] + stats["std"]).max()
+            ax.set_ylim(max(0.0, low - 0.05), min(1.0, high + 0.03))
+    task = frame.attrs.get("task", "")
+    fig.suptitle(f"{task} PeaKD variants (mean ± std over seeds)".strip())
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     work, teacher = run_grid(args)
     frame = collect(teacher, finished_runs(work))
+    frame.attrs["task"] = args.task
     frame.to_csv(work / "results.csv", index=False)
     table = summarize(frame)
     (work / "results.md").write_text(table)

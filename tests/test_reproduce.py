@@ -3,6 +3,8 @@ run, and a repeated command skips what is finished."""
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 from helpers import make_glue, make_tiny_bert
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,8 +24,13 @@ def test_grid_runs_collects_and_resumes(tmp_path, capsys):
     argv = ["--task", "MRPC", "--bert_model", str(bert), "--data_dir", str(glue),
             "--work_dir", str(tmp_path / "work"), "--seeds", "1", "--variants",
             "ft,ptp_sps_pkd", "--student_hidden_layers", "2", "--max_seq_length", "24",
-            "--train_batch_size", "8", "--max_steps", "2", "--no_plot"]
+            "--train_batch_size", "8", "--max_steps", "2"]
     frame = reproduce.main(argv)
+    chart = tmp_path / "work" / "results.png"
+    if importlib.util.find_spec("matplotlib"):
+        assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    else:
+        assert not chart.exists() and "matplotlib is not installed" in capsys.readouterr().out
     assert list(frame["variant"]) == ["teacher", "ft", "ptp_sps_pkd"]
     assert list(frame["effective_layers"]) == [4, 2, 4]
     assert frame.loc[2, "num_parameters"] == frame.loc[1, "num_parameters"]
@@ -33,4 +40,22 @@ def test_grid_runs_collects_and_resumes(tmp_path, capsys):
     capsys.readouterr()
     reproduce.main(argv)
     out = capsys.readouterr().out
-    assert "[run ]" not in out and out.count("[skip]") == 5
+    assert "[run " not in out and out.count("[skip ") == 5 and "[skip 5/5]" in out
+
+
+def test_bad_inputs_fail_in_one_line_before_any_run(tmp_path):
+    glue = make_glue(tmp_path / "glue", tasks=("MRPC",))
+    bert = make_tiny_bert(tmp_path / "bert", glue)
+    reproduce = load_reproduce()
+    work = tmp_path / "work"
+    good = ["--task", "MRPC", "--bert_model", str(bert), "--data_dir", str(glue),
+            "--work_dir", str(work)]
+    cases = [(["--bert_model", str(tmp_path)], "--bert_model"),
+             (["--data_dir", str(tmp_path)], "--data_dir"),
+             (["--variants", "ft,pkd2"], "--variants")]
+    for extra, flag in cases:
+        with pytest.raises(SystemExit) as err:
+            reproduce.main(good + extra)
+        message = str(err.value)
+        assert message.startswith("error: ") and flag in message and "\n" not in message
+    assert not work.exists()
