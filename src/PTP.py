@@ -15,7 +15,8 @@ from utils.args import (add_model_args, add_output_args, add_ptp_args, add_task_
 from utils.errors import PeakdError
 from utils.glue import get_task
 from utils.pipeline import load_teacher, prepare_student, run_cli, start_run
-from utils.ptp import PTP_LABEL_NAMES, PTP_NUM_LABELS, ptp_labels, resolve_thresholds
+from utils.ptp import (PTP_LABEL_NAMES, PTP_NUM_LABELS, parse_thresholds_flag, ptp_labels,
+                       resolve_thresholds)
 from utils.train import task_loss, train
 
 
@@ -32,6 +33,7 @@ def run(args):
     if get_task(args.task).output_mode != "classification":
         raise PeakdError(f"PTP needs a classification task; {args.task} is a regression task "
                          "(train its student with finetune.py, without PTP)")
+    parse_thresholds_flag(args.ptp_thresholds)  # a bad value fails before anything is loaded
     task, model_dir, _, model, config, data = prepare_student(args, PTP_NUM_LABELS)
     splits = ("train",) + task.dev_splits
     teacher = load_teacher(args, task, data, need_patient=False, splits=splits)["splits"]

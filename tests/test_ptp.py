@@ -5,6 +5,7 @@ import statistics
 import pytest
 import torch
 
+from helpers import expect_error, load_script, train_args
 from utils.errors import PeakdError
 from utils.ptp import (EMPTY_GROUP_THRESHOLD, PTP_LABEL_NAMES, PTP_NUM_LABELS,
                        labels_from_confidence, median_thresholds, ptp_labels, resolve_thresholds,
@@ -177,3 +178,12 @@ def test_regression_task_is_refused(task, value):
 def test_unknown_task_is_refused():
     with pytest.raises(PeakdError, match="unknown task"):
         resolve_thresholds("MRCP", None, LOGITS, GOLD)
+
+
+def test_a_bad_threshold_flag_fails_before_model_or_teacher_file_is_read(tmp_path, capsys):
+    # neither the model nor the teacher file exists: the flag must be what the error names
+    argv = train_args("MRPC", tmp_path / "glue", tmp_path / "no-bert", tmp_path / "out",
+                      "--teacher_prediction", tmp_path / "no-teacher.pkl",
+                      "--ptp_thresholds", "1.5,0.2")
+    expect_error(load_script("PTP").main, argv, capsys, ["--ptp_thresholds", "(0, 1)"],
+                 watched=[tmp_path])

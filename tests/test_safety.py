@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from BERT.pytorch_pretrained_bert import atomic_write
 from helpers import SRC, expect_error, load_script, train_args, tree_digest
 from utils import pipeline
 from utils.modeling import load_tokenizer, load_trained_run
@@ -68,6 +69,23 @@ def test_a_run_killed_mid_save_leaves_the_previous_best_checkpoint_intact(tiny, 
     assert checkpoints(out) == before
     assert_loadable_and_finite(out, "acc")
     assert_loadable_and_finite(out, "loss")
+    # the killed process's half-written temporary file goes with the next save of that target
+    assert [p.name for p in out.glob(".*.tmp*")]
+    FINETUNE.main(argv + ["--overwrite_output_dir"])
+    assert not list(out.glob(".*.tmp*"))
+
+
+def test_atomic_write_removes_temporaries_of_dead_processes_only(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    target = tmp_path / "x.pkl"
+    for pid in (dead, str(os.getppid())):
+        (tmp_path / f".x.pkl.tmp{pid}").write_bytes(b"half")
+    (tmp_path / f".y.pkl.tmp{dead}").write_bytes(b"other target")
+    atomic_write(target, lambda f: f.write(b"whole"))
+    assert target.read_bytes() == b"whole"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f".x.pkl.tmp{os.getppid()}", f".y.pkl.tmp{dead}", "x.pkl"]
 
 
 def test_a_teacher_file_save_that_fails_midway_keeps_the_previous_file(tiny, mrpc_teacher,

@@ -5,40 +5,26 @@ mid-save leaves the previous file intact. A read uses `torch.load(weights_only=T
 would run code when unpickled is refused, never executed.
 """
 import json
-import os
 from pathlib import Path
 
 import torch
+
+from BERT.pytorch_pretrained_bert import atomic_write
 
 from .errors import PeakdError
 
 CHECKPOINT_PARTS = ("encoder", "cls")
 
 
-def _atomic_write(path, write):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def atomic_torch_save(obj, path):
     """torch.save to a temporary file in the same folder, then rename over `path`."""
-    _atomic_write(path, lambda f: torch.save(obj, f))
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def write_json(path, obj):
     """Atomic json write (sorted keys, indented)."""
     text = json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
-    _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def safe_torch_load(path, what="file"):

@@ -100,8 +100,12 @@ def median_thresholds(teacher_logits: torch.Tensor, gold_labels: torch.Tensor) -
     return _median(confidence[correct]), _median(confidence[~correct])
 
 
-def _parse_thresholds(value: str | Sequence[float]) -> tuple[float, float]:
-    """`--ptp_thresholds` "t1,t2" (or a pair of numbers) as two floats strictly inside (0, 1)."""
+def parse_thresholds_flag(value: str | Sequence[float] | None) -> tuple[float, float] | None:
+    """`--ptp_thresholds` "t1,t2" (or a pair of numbers) as two floats strictly inside (0, 1);
+    None for None and "median" (resolved from the teacher's logits later). Raises PeakdError
+    for anything else, so a script can check the flag before loading models and data."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "median"):
+        return None
     shown = value if isinstance(value, str) else ",".join(map(str, value))
     expect = "give t1,t2 with both in the open interval (0, 1), e.g. 0.9,0.7, or `median`"
     parts = value.split(",") if isinstance(value, str) else list(value)
@@ -136,11 +140,11 @@ def resolve_thresholds(task_name: str, value: str | Sequence[float] | None,
         raise PeakdError(f"PTP needs a classification task, but {task.name} (--task {task_name}) "
                          "is a regression task; use PTP with a classification task such as "
                          "MRPC, RTE or SST-2, and train the STS-B student without PTP")
-    if value is None:
-        if task.ptp_thresholds is not None:
-            return task.ptp_thresholds
-    elif not (isinstance(value, str) and value.strip().lower() == "median"):
-        return _parse_thresholds(value)
+    given = parse_thresholds_flag(value)
+    if given is not None:
+        return given
+    if value is None and task.ptp_thresholds is not None:
+        return task.ptp_thresholds
     if teacher_logits is None or gold_labels is None:
         raise ValueError("the median rule needs teacher_logits and gold_labels")
     return median_thresholds(teacher_logits, gold_labels)

@@ -17,6 +17,39 @@ _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
 _NAMES = {v: k for k, v in _DTYPES.items()}
 
 
+def _process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def atomic_write(path, write):
+    """Calls write(f) on a temporary file beside `path`, fsyncs it and renames it over `path`,
+    so a crash mid-write leaves the previous file intact. Temporary files of this target that
+    a killed process left behind (`.<name>.tmp<pid>`, pid no longer running) are removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{path.name}.tmp"
+    tmp = path.with_name(f"{prefix}{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    for stale in path.parent.glob(f"{prefix}*"):
+        pid = stale.name[len(prefix):]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            stale.unlink(missing_ok=True)
+
+
 def load_safetensors(path):
     """{name: tensor} from a .safetensors file (tensors own their memory)."""
     data = Path(path).read_bytes()
@@ -55,14 +88,14 @@ def save_safetensors(state_dict, path, metadata=None):
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # tensor data starts 8-byte aligned
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
+
+    def write(f):
         f.write(struct.pack("<Q", len(blob)))
         f.write(blob)
         for raw in chunks:
             f.write(raw)
-    os.replace(tmp, path)
+
+    atomic_write(path, write)
 
 
 def load_state_dict_file(path):
