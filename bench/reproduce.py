@@ -19,6 +19,11 @@ from pathlib import Path
 import pandas as pd
 
 SRC = Path(__file__).resolve().parents[1] / "src"
+sys.path.insert(0, str(SRC))
+
+from utils import teacher_outputs  # noqa: E402  (the teacher file's owner names it)
+from utils.errors import PeakdError  # noqa: E402
+from utils.glue import get_task  # noqa: E402
 
 # variant -> (train_type, model_type, PTP start point or None)
 VARIANTS = {
@@ -79,7 +84,12 @@ def run_stage(stage, position, total, log_dir):
 
 
 def check_inputs(args):
-    """One-line errors for inputs the first stage would otherwise trip over minutes later."""
+    """One-line errors for inputs the first stage would otherwise trip over minutes later.
+    Returns the pretrained model's depth; sets args.task to the task's canonical name."""
+    try:
+        args.task = get_task(args.task).name
+    except PeakdError as e:
+        raise SystemExit(f"error: {e}") from None
     config = Path(args.bert_model) / "config.json"
     if not config.is_file():
         raise SystemExit(f"error: --bert_model {args.bert_model}: no config.json there; pass a "
@@ -104,7 +114,7 @@ def plan_grid(args, work, depth):
     if args.max_steps:
         train += ["--max_steps", str(args.max_steps)]
     teacher = work / "teacher"
-    teacher_file = work / f"{args.task.upper()}_patient_kd_teacher_{depth}layer_result_summary.pkl"
+    teacher_file = teacher_outputs.default_path(args.task, depth, folder=work)
     stages = [
         ("teacher", "finetune.py", train + [
             "--train_type", "ft", "--model_type", "Original", "--student_hidden_layers",

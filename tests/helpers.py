@@ -28,6 +28,15 @@ def _sst2_rows(rng, n):
     return [("sentence", "label")] + rows
 
 
+def _cola_rows(rng, n):
+    # GLUE CoLA: no header; source, label, the original annotation (blank when accepted), text
+    rows = []
+    for _ in range(n):
+        sentence, label = demo_sentence(rng)
+        rows.append(("gj04", str(label), "" if label else "*", sentence))
+    return rows
+
+
 def _mrpc_rows(rng, n):
     rows = [("Quality", "#1 ID", "#2 ID", "#1 String", "#2 String")]
     for i in range(n):
@@ -44,12 +53,13 @@ def _stsb_rows(rng, n):
     return rows
 
 
-TASK_ROWS = {"SST-2": _sst2_rows, "MRPC": _mrpc_rows, "STS-B": _stsb_rows}
+TASK_ROWS = {"SST-2": _sst2_rows, "MRPC": _mrpc_rows, "STS-B": _stsb_rows, "CoLA": _cola_rows}
 
 
-def make_glue(root, tasks=tuple(TASK_ROWS), seed=0):
-    """Writes `root/<TASK>/{train,dev}.tsv` for SST-2 (single sentence), MRPC (pairs) and STS-B
-    (regression) in the 2019 GLUE layouts; returns root, the scripts' --data_dir."""
+def make_glue(root, tasks=("SST-2", "MRPC", "STS-B"), seed=0):
+    """Writes `root/<TASK>/{train,dev}.tsv` for SST-2 (single sentence), MRPC (pairs), STS-B
+    (regression) or CoLA (single sentence, no header) in the 2019 GLUE layouts; returns root,
+    the scripts' --data_dir."""
     root = Path(root)
     for task in tasks:
         rng = random.Random(f"{seed}-{task}")

@@ -18,10 +18,12 @@ def load_reproduce():
 
 
 def test_grid_runs_collects_and_resumes(tmp_path, capsys):
-    glue = make_glue(tmp_path / "glue", tasks=("MRPC",))
+    # CoLA spelled in lower case: the teacher file must be found under the name its owner
+    # module gives it ("CoLA_...", not "COLA_...")
+    glue = make_glue(tmp_path / "glue", tasks=("CoLA",))
     bert = make_tiny_bert(tmp_path / "bert", glue)
     reproduce = load_reproduce()
-    argv = ["--task", "MRPC", "--bert_model", str(bert), "--data_dir", str(glue),
+    argv = ["--task", "cola", "--bert_model", str(bert), "--data_dir", str(glue),
             "--work_dir", str(tmp_path / "work"), "--seeds", "1", "--variants",
             "ft,ptp_sps_pkd", "--student_hidden_layers", "2", "--max_seq_length", "24",
             "--train_batch_size", "8", "--max_steps", "2"]
@@ -32,6 +34,7 @@ def test_grid_runs_collects_and_resumes(tmp_path, capsys):
     else:
         assert not chart.exists() and "matplotlib is not installed" in capsys.readouterr().out
     assert list(frame["variant"]) == ["teacher", "ft", "ptp_sps_pkd"]
+    assert set(frame["metric"]) == {"mcc"} and frame["mcc"].notna().all()
     assert list(frame["effective_layers"]) == [4, 2, 4]
     assert frame.loc[2, "num_parameters"] == frame.loc[1, "num_parameters"]
     table = (tmp_path / "work" / "results.md").read_text()
