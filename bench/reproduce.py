@@ -52,7 +52,9 @@ def build_parser():
     # BertAdam has no bias correction, so its early steps are 3-5x AdamW's: 2e-5 suits the
     # teacher, 5e-5 the students, and 1e-4 collapsed the MiniLM teacher to the majority class.
     p.add_argument("--teacher_lr", type=float, default=2e-5)
-    p.add_argument("--lr", type=float, default=5e-5, help="student and PTP learning rate")
+    p.add_argument("--lr", type=float, default=5e-5, help="student learning rate")
+    p.add_argument("--ptp_lr", type=float, default=None,
+                   help="learning rate of the PTP stage (default: --lr)")
     p.add_argument("--teacher_seed", type=int, default=42)
     p.add_argument("--max_seq_length", type=int, default=128)
     p.add_argument("--train_batch_size", type=int, default=32)
@@ -124,7 +126,7 @@ def plan_grid(args, work, depth):
         ("teacher_outputs", "save_teacher_outputs.py", base + [
             "--teacher_dir", str(teacher), "--output_dir", str(work)], teacher_file)]
     student = train + ["--student_hidden_layers", str(args.student_hidden_layers),
-                       "--learning_rate", str(args.lr), "--num_train_epochs", str(args.epochs),
+                       "--num_train_epochs", str(args.epochs),
                        "--teacher_prediction", str(teacher_file)]
     for seed in args.seeds.split(","):
         for name in args.variants.split(","):
@@ -133,14 +135,16 @@ def plan_grid(args, work, depth):
             start = []
             if ptp:
                 ptp_dir = work / f"ptp_{ptp}_seed{seed}"
+                ptp_lr = str(args.lr if args.ptp_lr is None else args.ptp_lr)
                 stages.append((f"ptp_{ptp}_seed{seed}", "PTP.py", seed_args + [
-                    "--model_type", ptp, "--output_dir", str(ptp_dir)],
+                    "--learning_rate", ptp_lr, "--model_type", ptp, "--output_dir",
+                    str(ptp_dir)],
                     ptp_dir / "PTP.eval_results.json"))
                 start = ["--load_model_dir", str(ptp_dir / "PTP.encoder_loss.pkl")]
             out = work / f"{name}_seed{seed}"
             stages.append((f"{name}_seed{seed}", "finetune.py", seed_args + start + [
-                "--train_type", train_type, "--model_type", model_type, "--output_dir",
-                str(out)], out / "eval_results.json"))
+                "--learning_rate", str(args.lr), "--train_type", train_type, "--model_type",
+                model_type, "--output_dir", str(out)], out / "eval_results.json"))
     return teacher, stages
 
 

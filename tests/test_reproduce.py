@@ -62,3 +62,22 @@ def test_bad_inputs_fail_in_one_line_before_any_run(tmp_path):
         message = str(err.value)
         assert message.startswith("error: ") and flag in message and "\n" not in message
     assert not work.exists()
+
+
+def test_the_plan_gives_each_stage_its_own_learning_rate(tmp_path):
+    reproduce = load_reproduce()
+    args = reproduce.build_parser().parse_args(
+        ["--task", "MRPC", "--bert_model", "b", "--data_dir", "d", "--work_dir", "w",
+         "--seeds", "1", "--variants", "ft,ptp_sps_pkd", "--teacher_lr", "3e-5", "--lr", "5e-5",
+         "--ptp_lr", "2e-5"])
+    _, stages = reproduce.plan_grid(args, tmp_path, depth=6)
+    rates = {label: argv[argv.index("--learning_rate") + 1] for label, script, argv, _ in stages
+             if "--learning_rate" in argv}
+    assert rates == {"teacher": "3e-05", "ft_seed1": "5e-05", "ptp_SPS_seed1": "2e-05",
+                     "ptp_sps_pkd_seed1": "5e-05"}
+    assert all(argv.count("--learning_rate") <= 1 for _, _, argv, _ in stages)
+    args.ptp_lr = None
+    _, stages = reproduce.plan_grid(args, tmp_path, depth=6)
+    ptp_argv = next(argv for label, _, argv, _ in stages if label == "ptp_SPS_seed1")
+    assert ptp_argv[ptp_argv.index("--learning_rate") + 1] == "5e-05"
+

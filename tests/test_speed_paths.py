@@ -191,3 +191,15 @@ def test_benchmark_helpers():
     assert sorted(bench._swap_pairs(steps), key=str) == sorted(steps, key=str)
     load = bench.LoadMeter().foreign()
     assert load is None or 0.0 <= load <= 1.0
+
+
+def test_profile_step_reports_mfu_and_linear_share(capsys):
+    spec = importlib.util.spec_from_file_location("profile_step",
+                                                  Path(__file__).resolve().parents[1] / "bench" / "profile_step.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--layers", "1", "--hidden", "64", "--batch", "2", "--steps", "1",
+                 "--peak_size", "256", "--rows", "3"])
+    out = capsys.readouterr().out
+    assert "= MFU " in out and "Linear layers inside the step:" in out
+    assert "the same Linear GEMM shapes alone:" in out
