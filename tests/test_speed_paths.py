@@ -194,8 +194,8 @@ def test_benchmark_helpers():
 
 
 def test_profile_step_reports_mfu_and_linear_share(capsys):
-    spec = importlib.util.spec_from_file_location("profile_step",
-                                                  Path(__file__).resolve().parents[1] / "bench" / "profile_step.py")
+    path = Path(__file__).resolve().parents[1] / "bench" / "profile_step.py"
+    spec = importlib.util.spec_from_file_location("profile_step", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     module.main(["--layers", "1", "--hidden", "64", "--batch", "2", "--steps", "1",
