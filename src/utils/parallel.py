@@ -46,6 +46,10 @@ def process_group(device):
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
         yield
+        # leave together: a rank that tears gloo down while its peer still has work in flight
+        # with it can abort its peer at exit (seen once in CI as SIGABRT after a finished run);
+        # skipped on an error, where the peer may never arrive
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
