@@ -41,7 +41,8 @@ def build_parser():
 
 
 def gemm_rate(m, k, n, reps=5):
-    """Best FLOP/s of the oneDNN Linear kernel on (m, k) x (n, k)^T."""
+    """Best FLOP/s of the oneDNN Linear kernel on (m, k) x (n, k)^T (bench/throughput.py's
+    matmul_peak times square shapes only)."""
     a, w = torch.randn(m, k), torch.randn(n, k)
     best = 0.0
     for _ in range(reps + 1):
@@ -88,8 +89,11 @@ def main(argv=None):
     linear_flops = 3 * args.layers * tokens * 2 * (4 * h * h + 2 * h * i)
     linear_s = sum(e.self_cpu_time_total for e in events if e.key == LINEAR_OP) / 1e6 / args.steps
     total_s = sum(e.self_cpu_time_total for e in events) / 1e6 / args.steps
-    n = args.peak_size
-    peak = max(gemm_rate(n // 2, n // 2, n // 2), gemm_rate(n, n, n, reps=2))
+    # the peak as make bench measures it (oneDNN, square), at two sizes
+    cpu = torch.device("cpu")
+    peak = max(T.matmul_peak(cpu, torch.float32, n, reps, T.Clock("wall", cpu),
+                             onednn=True)["flops_best"]
+               for n, reps in ((args.peak_size // 2, 5), (args.peak_size, 2)))
     alone = linear_shapes_rate(tokens, h, i)
     print(f"peak (oneDNN, square, {args.threads} thread(s)): {peak / 1e9:.1f} GFLOP/s")
     rate = model_flops / step

@@ -21,9 +21,11 @@ import pandas as pd
 SRC = Path(__file__).resolve().parents[1] / "src"
 sys.path.insert(0, str(SRC))
 
+from BERT.pytorch_pretrained_bert import load_config  # noqa: E402
 from utils import teacher_outputs  # noqa: E402  (the teacher file's owner names it)
 from utils.errors import PeakdError  # noqa: E402
 from utils.glue import get_task  # noqa: E402
+from utils.modeling import resolve_bert_model  # noqa: E402
 
 # variant -> (train_type, model_type, PTP start point or None)
 VARIANTS = {
@@ -89,21 +91,19 @@ def check_inputs(args):
     """One-line errors for inputs the first stage would otherwise trip over minutes later.
     Returns the pretrained model's depth; sets args.task to the task's canonical name."""
     try:
-        args.task = get_task(args.task).name
+        task = get_task(args.task)
+        depth = load_config(resolve_bert_model(args.bert_model)).num_hidden_layers
     except PeakdError as e:
         raise SystemExit(f"error: {e}") from None
-    config = Path(args.bert_model) / "config.json"
-    if not config.is_file():
-        raise SystemExit(f"error: --bert_model {args.bert_model}: no config.json there; pass a "
-                         "pretrained BERT directory (config.json, weights, vocab.txt)")
-    train = Path(args.data_dir) / args.task / "train.tsv"
+    args.task = task.name
+    train = Path(args.data_dir) / task.dir_name / task.processor.splits["train"]
     if not train.is_file():
         raise SystemExit(f"error: --data_dir {args.data_dir}: {train} not found; run "
                          "src/data/data_raw/download_glue_data.py or pass the GLUE folder")
     unknown = set(args.variants.split(",")) - set(VARIANTS)
     if unknown:
         raise SystemExit(f"error: unknown --variants {sorted(unknown)}; known: {list(VARIANTS)}")
-    return json.loads(config.read_text())["num_hidden_layers"]
+    return depth
 
 
 def plan_grid(args, work, depth):

@@ -80,4 +80,3 @@ def test_the_plan_gives_each_stage_its_own_learning_rate(tmp_path):
     _, stages = reproduce.plan_grid(args, tmp_path, depth=6)
     ptp_argv = next(argv for label, _, argv, _ in stages if label == "ptp_SPS_seed1")
     assert ptp_argv[ptp_argv.index("--learning_rate") + 1] == "5e-05"
-
