@@ -135,14 +135,46 @@ def test_from_pretrained_is_strict(tmp_path):
         BertModel.from_pretrained(tmp_path)
 
 
-def test_safetensors_round_trip_and_reference_reader(tmp_path):
+def test_safetensors_round_trip_with_shared_tensors(tmp_path):
     state = {"a": torch.randn(3, 4), "b": torch.arange(5), "c": torch.randn(2).half(),
              "d": torch.randn(2, 2).bfloat16()}
+    # an unrolled SPS student names one layer's tensor twice: written as a copy, not refused
+    state["e"] = state["a"]
     save_safetensors(state, tmp_path / "x.safetensors", metadata={"format": "pt"})
     back = load_safetensors(tmp_path / "x.safetensors")
-    assert all(torch.equal(back[k], v) for k, v in state.items())
-    reference = pytest.importorskip("safetensors.torch").load_file(tmp_path / "x.safetensors")
-    assert all(torch.equal(reference[k], v) for k, v in state.items())
+    assert back.keys() == state.keys()
+    assert all(torch.equal(back[k], v) and back[k].dtype == v.dtype for k, v in state.items())
+    assert [p.name for p in tmp_path.iterdir()] == ["x.safetensors"]  # no temporary file left
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garble", "empty"])
+def test_broken_safetensors_is_a_value_error_naming_the_file(tmp_path, damage):
+    path = tmp_path / "model.safetensors"
+    save_safetensors({"a": torch.randn(64, 64)}, path)
+    blob = path.read_bytes()
+    path.write_bytes({"truncate": blob[:len(blob) // 2], "garble": b"not a weights file" * 9,
+                      "empty": b""}[damage])
+    with pytest.raises(ValueError, match=r"model\.safetensors is corrupted or truncated"):
+        load_safetensors(path)
+
+
+def test_failed_safetensors_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    import safetensors.torch
+
+    path = tmp_path / "x.safetensors"
+    save_safetensors({"a": torch.ones(2)}, path)
+    before = path.read_bytes()
+
+    def crash_midway(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", crash_midway)
+    with pytest.raises(OSError, match="disk full"):
+        save_safetensors({"a": torch.zeros(2)}, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["x.safetensors"]
 
 
 def test_config_json_round_trip(tmp_path):

@@ -1,20 +1,14 @@
-"""Reading and writing weight files: safetensors (format written out here) and torch pickles.
+"""Reading and writing weight files: safetensors (through the `safetensors` package) and torch
+pickles, and the one atomic file write of the project.
 
-A safetensors file is an 8-byte little-endian header length, a JSON header mapping each tensor
-name to its dtype, shape and byte range, then the raw little-endian bytes. Torch files are read
-with `weights_only=True`, so loading never runs code from the file.
+Torch files are read with `weights_only=True`, so loading never runs code from the file.
 """
-import json
 import os
-import struct
 from pathlib import Path
 
+import safetensors.torch
 import torch
-
-_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
-           "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32, "I16": torch.int16,
-           "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
-_NAMES = {v: k for k, v in _DTYPES.items()}
+from safetensors import SafetensorError
 
 
 def _process_alive(pid):
@@ -51,51 +45,33 @@ def atomic_write(path, write):
 
 
 def load_safetensors(path):
-    """{name: tensor} from a .safetensors file (tensors own their memory)."""
-    data = Path(path).read_bytes()
-    if len(data) < 8:
-        raise ValueError(f"{path} is not a safetensors file (too short)")
-    (header_len,) = struct.unpack("<Q", data[:8])
+    """{name: tensor} from a .safetensors file, read by the `safetensors` package.
+
+    A file the package cannot parse (bad header, offsets past the end, a truncated download)
+    is a ValueError that names the file, so callers report it in one line.
+    """
     try:
-        header = json.loads(data[8:8 + header_len])
-    except ValueError as e:
-        raise ValueError(f"{path} has a corrupt safetensors header: {e}") from None
-    base = 8 + header_len
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        start, end = info["data_offsets"]
-        if base + end > len(data):
-            raise ValueError(f"{path} is truncated: tensor {name} ends past the end of the file")
-        dtype = _DTYPES[info["dtype"]]
-        flat = torch.frombuffer(bytearray(data[base + start:base + end]), dtype=dtype)
-        out[name] = flat.reshape(info["shape"])
-    return out
+        return safetensors.torch.load_file(path, device="cpu")
+    except SafetensorError as e:
+        raise ValueError(f"{path} is corrupted or truncated (safetensors: {e}); download or "
+                         "write it again") from None
 
 
 def save_safetensors(state_dict, path, metadata=None):
-    """Writes {name: tensor} as .safetensors, atomically (temporary file, then rename)."""
-    header, chunks, offset = {}, [], 0
-    for name in sorted(state_dict):
-        t = state_dict[name].detach().contiguous().cpu()
-        raw = t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
-        header[name] = {"dtype": _NAMES[t.dtype], "shape": list(t.shape),
-                        "data_offsets": [offset, offset + len(raw)]}
-        chunks.append(raw)
-        offset += len(raw)
-    if metadata:
-        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)  # tensor data starts 8-byte aligned
+    """Writes {name: tensor} as .safetensors with the `safetensors` package, atomically
+    (into atomic_write's temporary file, then renamed over `path`).
 
-    def write(f):
-        f.write(struct.pack("<Q", len(blob)))
-        f.write(blob)
-        for raw in chunks:
-            f.write(raw)
-
-    atomic_write(path, write)
+    The package refuses tensors that share memory; an unrolled SPS student names each physical
+    layer's tensors twice, so a repeat is written as a copy.
+    """
+    tensors, seen = {}, set()
+    for name, t in state_dict.items():
+        t = t.detach().contiguous().cpu()
+        storage = t.untyped_storage().data_ptr()
+        tensors[name] = t.clone() if storage in seen else t
+        seen.add(storage)
+    meta = {str(k): str(v) for k, v in metadata.items()} if metadata else None
+    atomic_write(path, lambda f: safetensors.torch.save_file(tensors, f.name, metadata=meta))
 
 
 def load_state_dict_file(path):
