@@ -300,8 +300,12 @@ class _TrainingRun:
             for i in range(pos.next_batch, len(batches)):
                 if pos.step >= self.t_total:
                     break
-                boundary = (i + 1) % accum == 0 or i + 1 == len(batches)
-                self.micro_step(batches[i], boundary)
+                # the accumulation window holding micro-batch i; the epoch's last one may be
+                # short (fewer micro-batches, or a short last micro-batch)
+                window = batches[i - i % accum:i - i % accum + accum]
+                boundary = i + 1 == i - i % accum + len(window)
+                self.micro_step(batches[i], boundary,
+                                len(batches[i]) / sum(len(b) for b in window))
                 if boundary:
                     pos.next_batch = i + 1
                     self.optimizer_step(epoch)
@@ -312,8 +316,13 @@ class _TrainingRun:
             if pos.evaluated_at != pos.step:
                 self.evaluate_dev(epoch)
 
-    def micro_step(self, index, boundary):
-        """Forward and backward of one micro-batch (this rank's share of it)."""
+    def micro_step(self, index, boundary, share):
+        """Forward and backward of one micro-batch (this rank's share of it).
+
+        share: the micro-batch's fraction of its accumulation window's examples. The objective
+        is a mean over the micro-batch, so scaling it by `share` makes the window's summed
+        gradient the mean over all its examples, each weighed the same.
+        """
         local, weight = parallel.share(index)
         batch = to_device(self.train_features.batch(local, self.args.pad_to_max_length),
                           self.device)
@@ -325,8 +334,7 @@ class _TrainingRun:
                                    batch["attention_mask"],
                                    output_all_encoded_layers=self.needs_layers)
                 loss = self.objective(out, batch)
-            # divide before backward so accumulated gradients average over the micro-batches
-            self.scaler.scale(loss * weight / self.args.gradient_accumulation_steps).backward()
+            self.scaler.scale(loss * weight * share).backward()
         self.running += loss.detach() * weight / parallel.world_size()
         self.pos.window += 1
         self.pos.seen += len(index)
