@@ -16,6 +16,7 @@ from utils.errors import PeakdError
 from utils.features import examples_fingerprint
 from utils.glue import get_task
 from utils.modeling import effective_layers, load_tokenizer, load_trained_run
+from utils.paths import check_dir, check_writable_dir
 from utils.pipeline import check_lengths, load_splits, run_cli
 from utils.train import autocast, collect_outputs, pick_device, score
 
@@ -42,12 +43,17 @@ def run(args):
     task = get_task(args.task)
     teacher_dir = task_output_dir(task.name, args.teacher_dir)
     folder = task_output_dir(task.name, args.output_dir) if args.output_dir else None
-    if folder is not None and not folder.is_dir():
-        raise PeakdError(f"--output_dir {folder} does not exist")
+    if folder is not None:
+        check_dir(folder, "--output_dir", "create it or pass an existing folder")
+    check_dir(teacher_dir, "--teacher_dir", "pass the output folder of a finetune.py run")
     model, config, run_args, run_task = load_trained_run(teacher_dir, args.teacher_criterion)
     if run_task.name != task.name:
         raise PeakdError(f"--teacher_dir {teacher_dir} holds a {run_task.name} teacher, not a "
                          f"{task.name} one; pass the run of a {task.name} teacher")
+    layers = not args.no_layer_features
+    path = teacher_outputs.default_path(task.name, effective_layers(model), layers, folder)
+    check_writable_dir(path.parent, "--output_dir")
+    teacher_outputs.check_owner(path, teacher_dir)
     if args.max_seq_length is None:
         args.max_seq_length = run_args["max_seq_length"]
     check_lengths(args, config)
@@ -57,7 +63,6 @@ def run(args):
     data = load_splits(task, args.data_dir, splits, tokenizer, args.max_seq_length)
     device = pick_device(args)
     model.to(device)
-    layers = not args.no_layer_features
     entries = {}
     for split, (examples, features) in data.items():
         out = collect_outputs(model, features, args.eval_batch_size, device,
@@ -70,9 +75,8 @@ def run(args):
         entries[split] = teacher_outputs.make_split(
             examples_fingerprint(examples), out["logits"], out["pooled"], out.get("layer_cls"),
             features.labels, features.input_ids, features.lengths, metrics)
-    depth = effective_layers(model)
-    path = teacher_outputs.default_path(task.name, depth, layers, folder)
-    teacher_outputs.save(path, task.name, depth, args.max_seq_length, teacher_dir, entries)
+    teacher_outputs.save(path, task.name, effective_layers(model), args.max_seq_length,
+                         teacher_dir, entries)
     print(f"wrote {path}")
     return path
 

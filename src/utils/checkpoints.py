@@ -27,13 +27,18 @@ def write_json(path, obj):
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
-def safe_torch_load(path, what="file"):
-    """torch.load(weights_only=True) with one-line errors for missing, unsafe or broken files."""
+def safe_torch_load(path, what="file", mmap=False):
+    """torch.load(weights_only=True) with one-line errors for missing, unsafe or broken files.
+
+    `mmap` maps the tensors instead of reading them (a cheap look at a large file's fields).
+    """
     path = Path(path)
+    if path.is_dir():
+        raise PeakdError(f"{what} {path} is a folder, expected a file")
     if not path.is_file():
         raise PeakdError(f"{what} {path} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except PeakdError:
         raise
     except Exception as e:

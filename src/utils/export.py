@@ -10,11 +10,13 @@ but the model is the same.
 """
 from pathlib import Path
 
-from BERT.pytorch_pretrained_bert import save_safetensors
+from BERT.pytorch_pretrained_bert import atomic_write, save_safetensors
 
 from .checkpoints import write_json
 from .errors import PeakdError
 from .modeling import effective_layers, load_tokenizer, load_trained_run
+from .paths import check_dir
+from .runs import run_marker
 
 EXPORT_FILES = ("config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json")
 _QUERY, _KEY = "attention.self.query.", "attention.self.key."
@@ -64,8 +66,17 @@ def export_run(run_dir, export_dir, criterion="acc", overwrite=False):
     Everything is read and checked before the first file is written.
     """
     run_dir, export_dir = Path(run_dir), Path(export_dir)
-    if not run_dir.is_dir():
-        raise PeakdError(f"--run_dir {run_dir} does not exist; pass a finetune.py run folder")
+    check_dir(run_dir, "--run_dir", "pass a finetune.py run folder")
+    if export_dir.exists() and not export_dir.is_dir():
+        raise PeakdError(f"--export_dir {export_dir} is a file, expected a folder; choose "
+                         "another path")
+    marker = run_marker(export_dir)
+    if marker is not None:
+        # even with --overwrite_export_dir: the export's config.json and vocab.txt would
+        # replace the run's own
+        raise PeakdError(f"--export_dir {export_dir} holds a run or teacher outputs "
+                         f"({marker.name}), which an export must not write over; choose "
+                         "another folder")
     if export_dir.exists() and any(export_dir.iterdir()) and not overwrite:
         raise PeakdError(f"--export_dir {export_dir} is not empty; pass --overwrite_export_dir "
                          "or choose another folder")
@@ -80,6 +91,7 @@ def export_run(run_dir, export_dir, criterion="acc", overwrite=False):
     write_json(export_dir / "tokenizer_config.json",
                {"tokenizer_class": "BertTokenizer", "do_lower_case": tokenizer.do_lower_case,
                 "model_max_length": config.max_position_embeddings})
-    (export_dir / "vocab.txt").write_bytes((run_dir / "vocab.txt").read_bytes())
+    vocab = (run_dir / "vocab.txt").read_bytes()
+    atomic_write(export_dir / "vocab.txt", lambda f: f.write(vocab))
     save_safetensors(state, export_dir / "model.safetensors", metadata=meta)
     return export_dir

@@ -2,6 +2,7 @@
 student end to end, and turning user errors into one-line exits."""
 import sys
 
+from BERT.pytorch_pretrained_bert import atomic_write
 from BERT.pytorch_pretrained_bert.tokenization import TOKENIZER_CONFIG_NAME, VOCAB_NAME
 
 from .args import apply_presets, check_common, task_output_dir
@@ -98,10 +99,12 @@ def start_run(args, task, model_dir, config, prefix="BERT"):
     write_args(run_dir, args, prefix)
     config.to_json_file(run_file(run_dir, "config.json", prefix))
     # the casing travels with the vocabulary, so a cased model stays cased when the run folder
-    # is read back (save_teacher_outputs.py, export_hf.py)
+    # is read back (save_teacher_outputs.py, export_hf.py). PTP.py writes into the teacher's
+    # folder: its copies are prefixed (PTP.vocab.txt) and never replace the teacher's.
     for name in (VOCAB_NAME, TOKENIZER_CONFIG_NAME):
         if (model_dir / name).is_file():
-            (run_dir / name).write_bytes((model_dir / name).read_bytes())
+            blob = (model_dir / name).read_bytes()
+            atomic_write(run_file(run_dir, name, prefix), lambda f, blob=blob: f.write(blob))
     return run_dir
 
 

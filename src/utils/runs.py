@@ -26,6 +26,19 @@ def run_file(run_dir, name, prefix="BERT"):
     return Path(run_dir) / (name if prefix == "BERT" else f"{prefix}.{name}")
 
 
+def run_marker(path):
+    """The first file in folder `path` that a training run or a teacher-output dump wrote
+    (args.json, eval_results.json, `*.pkl`, prefixed ones too), or None: such a folder is
+    another step's and is never written over by an export."""
+    path = Path(path)
+    if not path.is_dir():
+        return None
+    for f in sorted(path.iterdir()):
+        if f.suffix == ".pkl" or f.name.endswith((ARGS_FILE, RESULTS_FILE)):
+            return f
+    return None
+
+
 def prepare_output_dir(path, overwrite=False, prefix="BERT", resume=False):
     """Creates the run folder; refuses one that holds a finished run unless `overwrite`.
 

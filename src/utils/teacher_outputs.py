@@ -66,6 +66,22 @@ def make_split(examples_fingerprint, logits, pooled, layer_cls, labels, input_id
     return entry
 
 
+def check_owner(path, teacher_dir):
+    """Refuses to replace a teacher file at `path` that another teacher run wrote; rewriting the
+    same teacher's file is fine."""
+    path = Path(path)
+    if path.is_dir():
+        raise PeakdError(f"{path} is a folder, expected the teacher outputs file; remove it or "
+                         "pass another --output_dir")
+    if not path.exists():
+        return
+    record = safe_torch_load(path, "teacher outputs file", mmap=True)
+    owner = record.get("teacher_dir") if isinstance(record, dict) else None
+    if owner is None or Path(owner).resolve() != Path(teacher_dir).resolve():
+        raise PeakdError(f"{path} holds the outputs of another teacher ({owner}); delete it or "
+                         "pass another --output_dir, so that it is not replaced")
+
+
 def save(path, task_name, teacher_layers, max_seq_length, teacher_dir, splits):
     """Writes the file atomically; `splits` maps split names to `make_split` entries."""
     patient = all("layer_cls" in s for s in splits.values())
