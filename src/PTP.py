@@ -1,4 +1,4 @@
-"""Pretrains a student on PTP labels made from the teacher's predictions (SPEC 4.3, step 3).
+"""Pretrains a student on PTP labels made from the teacher's predictions (pipeline step 3).
 
     python src/PTP.py --task MRPC --model_type SPS --student_hidden_layers 3 --output_dir run-1
 
@@ -7,21 +7,21 @@ correct, confidently wrong or unconfidently wrong (thresholds t1, t2 per task, o
 The student learns them with cross-entropy on a 4-way head; finetune.py --load_model_dir
 run-1/PTP.encoder_loss.pkl then starts from its encoder with a fresh task head.
 """
-import argparse
 import dataclasses
 
 from utils.args import (add_model_args, add_output_args, add_ptp_args, add_task_args,
-                        add_teacher_file_args, add_train_args, check_common)
+                        add_teacher_file_args, add_train_args, check_common, new_parser)
 from utils.errors import PeakdError
 from utils.glue import get_task
-from utils.pipeline import load_teacher, prepare_student, run_cli, start_run
+from utils.pipeline import (load_teacher, prepare_student, report_training, run_cli,
+                            start_run)
 from utils.ptp import (PTP_LABEL_NAMES, PTP_NUM_LABELS, parse_thresholds_flag, ptp_labels,
                        resolve_thresholds)
 from utils.train import task_loss, train
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = new_parser(__doc__)
     for add in (add_task_args, add_model_args, add_output_args, add_train_args,
                 add_teacher_file_args, add_ptp_args):
         add(parser)
@@ -52,9 +52,12 @@ def run(args):
                                    main_metric="acc", metric_names=("acc",))
     args.train_type = "ptp"
     run_dir = start_run(args, task, model_dir, config, prefix="PTP")
-    return train(model, relabelled["train"], {s: relabelled[s] for s in task.dev_splits},
-                 ptp_task, args, lambda out, batch: task_loss(out.logits, batch["labels"], False),
-                 run_dir, prefix="PTP")
+    results = train(model, relabelled["train"], {s: relabelled[s] for s in task.dev_splits},
+                    ptp_task, args,
+                    lambda out, batch: task_loss(out.logits, batch["labels"], False),
+                    run_dir, prefix="PTP")
+    report_training(results, run_dir)
+    return results
 
 
 def main(argv=None):

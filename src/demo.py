@@ -3,7 +3,7 @@
     python src/demo.py [--work_dir demo/] [--force] [--seed 0]
 
 Builds the embedded default (utils/demo_data.py: an SST-2-style synthetic sentiment task and a
-small random-weight BERT), then runs the four steps of the pipeline (SPEC 2) as separate
+small random-weight BERT), then runs the four steps of the pipeline as separate
 processes with the real scripts and flags: teacher fine-tuning, teacher outputs, a plain
 fine-tuned student for comparison, PTP, and the PeaKD student (PTP + SPS + PKD). A step whose
 outputs exist is skipped unless --force or something it depends on was rebuilt. The numbers it
@@ -19,6 +19,7 @@ from pathlib import Path
 
 # the embedded default, the teacher file's name and run file names come from the project's
 # utils; the pipeline steps themselves only ever run as scripts
+from utils.args import HelpFormatter
 from utils.demo_data import (NOT_PRETRAINED, SPLIT_FILES, TASK_DIR_NAME, TASK_NAME,
                              make_demo_bert, make_demo_task, read_info)
 from utils.runs import RESULTS_FILE, run_file
@@ -38,7 +39,8 @@ STUDENT_EPOCHS = "6"
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--work_dir", default=str(DEFAULT_WORK_DIR),
                         help="folder for the demo data, model and runs (default: %(default)s)")
     parser.add_argument("--force", action="store_true",

@@ -9,14 +9,15 @@ An SPS student is written unrolled (2k plain layers, the Q/K swap baked into the
 transformers' plain BertForSequenceClassification reproduces its logits. Details in
 utils/export.py.
 """
-import argparse
 
-from utils.export import export_run
+from utils.args import new_parser
+from utils.export import export_run, selected_checkpoint
 from utils.pipeline import run_cli
+from utils.summary import print_summary
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = new_parser(__doc__)
     parser.add_argument("--run_dir", required=True,
                         help="a finished finetune.py run folder (args.json, config.json, "
                              "vocab.txt, BERT.encoder_*.pkl, BERT.cls_*.pkl)")
@@ -30,7 +31,9 @@ def build_parser():
 
 def run(args):
     path = export_run(args.run_dir, args.export_dir, args.criterion, args.overwrite_export_dir)
-    print(f"wrote {path}")
+    print_summary([f"done: exported {args.run_dir}; "
+                   f"{selected_checkpoint(args.run_dir, args.criterion)}",
+                   f"export folder: {path.resolve()}"])
     return path
 
 

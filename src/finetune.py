@@ -1,4 +1,4 @@
-"""Fine-tunes a teacher or trains a student on a GLUE task (SPEC 2, steps 1 and 4).
+"""Fine-tunes a teacher or trains a student on a GLUE task (pipeline steps 1 and 4).
 
     python src/finetune.py --task MRPC --train_type ft --model_type Original \
         --student_hidden_layers 12 --output_dir run-1
@@ -9,15 +9,13 @@
 --train_type ft | kd | pkd sets the loss (presets in utils/args.py; explicit flags win);
 --model_type Original | SPS | SPS_no_shuffle sets the student's layer schedule.
 """
-import argparse
-
 from utils.args import (add_distill_args, add_model_args, add_output_args, add_task_args,
-                        add_teacher_file_args, add_train_args)
+                        add_teacher_file_args, add_train_args, new_parser)
 from utils.pipeline import run_cli, train_student
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = new_parser(__doc__)
     for add in (add_task_args, add_model_args, add_output_args, add_train_args,
                 add_distill_args, add_teacher_file_args):
         add(parser)

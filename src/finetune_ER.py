@@ -1,4 +1,4 @@
-"""Trains an SPS student with the SPS-specific knobs (SPEC 4.4).
+"""Trains an SPS student with the SPS-specific knobs (README: Training types and presets).
 
 Same flags and outputs as `finetune.py --model_type SPS`, plus --sps_layers (which physical
 layers the second pass re-runs; default all, the original 6-layer student re-ran 4,5,6) and
@@ -7,17 +7,15 @@ layers the second pass re-runs; default all, the original 6-layer student re-ran
     python src/finetune_ER.py --task MRPC --train_type pkd --student_hidden_layers 6 \
         --sps_layers 4,5,6 --output_dir run-1/er
 """
-import argparse
-
 from utils.args import (add_distill_args, add_model_args, add_output_args, add_sps_args,
-                        add_task_args, add_teacher_file_args, add_train_args)
+                        add_task_args, add_teacher_file_args, add_train_args, new_parser)
 from utils.errors import PeakdError
 from utils.modeling import second_pass_layers
 from utils.pipeline import run_cli, train_student
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = new_parser(__doc__)
     for add in (add_task_args, add_model_args, add_output_args, add_train_args,
                 add_distill_args, add_teacher_file_args, add_sps_args):
         add(parser)

@@ -1,4 +1,4 @@
-"""Runs a trained teacher over a task's splits and saves its predictions (SPEC 2, step 2).
+"""Runs a trained teacher over a task's splits and saves its predictions (pipeline step 2).
 
     python src/save_teacher_outputs.py --task MRPC --teacher_dir run-1
 
@@ -7,23 +7,23 @@ Writes `<TASK>_patient_kd_teacher_<L>layer_result_summary.pkl` (`_normal_` with
 [CLS] vector for train, dev (and test when present, without labels), in file order. The file's
 path and schema belong to utils/teacher_outputs.py.
 """
-import argparse
 from pathlib import Path
 
 from utils import teacher_outputs
-from utils.args import add_task_args, task_output_dir
+from utils.args import add_task_args, new_parser, task_output_dir
 from utils.errors import PeakdError
 from utils.features import examples_fingerprint
 from utils.glue import get_task
 from utils.modeling import effective_layers, load_tokenizer, load_trained_run
 from utils.paths import check_dir, check_writable_dir
 from utils.pipeline import check_lengths, load_splits, run_cli
+from utils.summary import metrics_text, print_summary
 from utils.train import autocast, collect_outputs, pick_device, score
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_task_args(parser)
+    parser = new_parser(__doc__)
+    add_task_args(parser, max_seq_length=None)
     g = parser.add_argument_group("teacher")
     g.add_argument("--teacher_dir", required=True,
                    help="the teacher's finetune.py run folder (relative: under the task's "
@@ -35,7 +35,6 @@ def build_parser():
     g.add_argument("--no_layer_features", action="store_true",
                    help="skip per-layer [CLS] vectors (writes the smaller `_normal_` file; "
                         "enough for kd and PTP, not for pkd)")
-    parser.set_defaults(max_seq_length=None)
     return parser
 
 
@@ -70,14 +69,16 @@ def run(args):
         metrics = {}
         if features.labels is not None:
             metrics = score(task, out["logits"], features.labels)
-            print(f"teacher {task.name} {split}: " +
-                  ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         entries[split] = teacher_outputs.make_split(
             examples_fingerprint(examples), out["logits"], out["pooled"], out.get("layer_cls"),
             features.labels, features.input_ids, features.lengths, metrics)
     teacher_outputs.save(path, task.name, effective_layers(model), args.max_seq_length,
                          teacher_dir, entries)
-    print(f"wrote {path}")
+    dev = [f"{split} {metrics_text(entries[split]['metrics'], task.main_metric)}"
+           for split in task.dev_splits]
+    print_summary([f"done: {task.name} teacher outputs of {teacher_dir} "
+                   f"(BERT.*_{args.teacher_criterion}.pkl); " + "; ".join(dev),
+                   f"teacher file: {path.resolve()}"])
     return path
 
 

@@ -9,14 +9,47 @@ from pathlib import Path
 import envs
 
 from .errors import PeakdError
+from .glue import TASKS
 
-# Visible per-train-type defaults (SPEC 5); a flag given explicitly always wins.
+TASK_NAMES = tuple(spec.name for spec in TASKS.values())
+
+# Visible per-train-type defaults (README: Training types and presets); a flag given explicitly
+# always wins.
 PRESETS = {
     "ft": {"alpha": 0.0, "T": 1.0, "beta": 0.0, "normalize_patience": False},
     "kd": {"alpha": 0.7, "T": 10.0, "beta": 0.0, "normalize_patience": False},
     "pkd": {"alpha": 0.7, "T": 10.0, "beta": 100.0, "normalize_patience": True},
 }
 TRAIN_TYPES = tuple(PRESETS)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """`--help` that gives every flag's default: `(default: X)` unless the help text already
+    says it, `(default: off)` for switches, `(required)` for required flags."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "%(default)" in text or "default:" in text or action.default is argparse.SUPPRESS:
+            return text
+        if action.required:
+            return f"{text} (required)"
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            return f"{text} (default: {'on' if action.default else 'off'})"
+        if action.default is None:
+            return f"{text} (default: none)"
+        return f"{text} (default: %(default)s)"
+
+
+def new_parser(doc):
+    """A script's parser: the first paragraph of its docstring as description, HelpFormatter."""
+    return argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                   formatter_class=HelpFormatter)
+
+
+def preset_help(text, key):
+    """A preset flag's help: `text` and its default per --train_type, from PRESETS."""
+    values = ", ".join(f"{t} {PRESETS[t][key]}" for t in TRAIN_TYPES)
+    return f"{text} (default: per --train_type: {values})"
 
 
 def str2bool(value):
@@ -27,13 +60,19 @@ def str2bool(value):
     raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
-def add_task_args(parser):
+def add_task_args(parser, max_seq_length=128):
+    """max_seq_length None: the value comes from the teacher run (save_teacher_outputs.py)."""
     g = parser.add_argument_group("task and data")
-    g.add_argument("--task", required=True, help="GLUE task name (case-insensitive), e.g. MRPC")
+    g.add_argument("--task", required=True,
+                   help="GLUE task name (case-insensitive): " + ", ".join(TASK_NAMES))
     g.add_argument("--data_dir", default=str(envs.GLUE_DIR),
-                   help="folder holding <TASK>/train.tsv etc. (default: %(default)s)")
-    g.add_argument("--max_seq_length", type=int, default=128)
-    g.add_argument("--eval_batch_size", type=int, default=64)
+                   help="folder holding <TASK>/train.tsv etc. (default: %(default)s; "
+                        "environment: PEAKD_GLUE_DIR or PEAKD_DATA_DIR)")
+    g.add_argument("--max_seq_length", type=int, default=max_seq_length,
+                   help="tokens per example, [CLS] and [SEP]s included; longer pairs are cut "
+                        "longest-first" + ("" if max_seq_length else
+                                           " (default: the teacher run's value)"))
+    g.add_argument("--eval_batch_size", type=int, default=64, help="examples per dev batch")
     g.add_argument("--pad_to_max_length", action="store_true",
                    help="pad every batch to --max_seq_length instead of its longest sequence")
     g.add_argument("--no_cuda", action="store_true", help="run on the CPU even if CUDA is there")
@@ -45,9 +84,13 @@ def add_task_args(parser):
 def add_model_args(parser):
     g = parser.add_argument_group("model")
     g.add_argument("--bert_model", default="bert-base-uncased",
-                   help="pretrained BERT directory, or a name under src/data/models/pretrained")
+                   help="pretrained BERT directory, or a name under src/data/models/pretrained "
+                        "(environment: PEAKD_PRETRAINED_DIR)")
     g.add_argument("--model_type", default="Original",
-                   choices=("Original", "SPS", "SPS_no_shuffle"))
+                   choices=("Original", "SPS", "SPS_no_shuffle"),
+                   help="student layer schedule: Original runs L1..Lk; SPS runs them again "
+                        "with Query and Key swapped (2k effective layers, same parameters); "
+                        "SPS_no_shuffle repeats them without the swap")
     g.add_argument("--student_hidden_layers", type=int, default=3,
                    help="physical layers of the trained model (12 for a BERT-base teacher)")
     g.add_argument("--layer_initialization", default=None,
@@ -55,14 +98,16 @@ def add_model_args(parser):
                         "(default: the first k)")
     g.add_argument("--load_model_dir", default=None,
                    help="encoder checkpoint to start from (e.g. run-1/PTP.encoder_loss.pkl); "
-                        "relative paths are under the task's output folder")
+                        "relative paths are under the task's output folder (default: the "
+                        "--bert_model weights)")
     return g
 
 
 def add_output_args(parser):
     g = parser.add_argument_group("output")
     g.add_argument("--output_dir", required=True,
-                   help="run folder; relative paths are under src/data/outputs/KD/<TASK>/")
+                   help="run folder; relative paths are under src/data/outputs/KD/<TASK>/ "
+                        "(environment: PEAKD_OUTPUT_DIR replaces src/data/outputs/KD)")
     g.add_argument("--overwrite_output_dir", action="store_true",
                    help="allow writing into a folder that already holds a finished run")
     g.add_argument("--resume", action="store_true",
@@ -73,23 +118,29 @@ def add_output_args(parser):
 
 def add_train_args(parser):
     g = parser.add_argument_group("training")
-    g.add_argument("--learning_rate", type=float, default=2e-5)
-    g.add_argument("--num_train_epochs", type=float, default=4.0)
-    g.add_argument("--train_batch_size", type=int, default=32)
-    g.add_argument("--warmup_proportion", type=float, default=0.1)
-    g.add_argument("--weight_decay", type=float, default=0.01)
+    g.add_argument("--learning_rate", type=float, default=2e-5, help="peak BertAdam learning rate")
+    g.add_argument("--num_train_epochs", type=float, default=4.0,
+                   help="epochs over the train split (a fraction stops mid-epoch)")
+    g.add_argument("--train_batch_size", type=int, default=32,
+                   help="examples per optimizer step (all micro-batches and processes together)")
+    g.add_argument("--warmup_proportion", type=float, default=0.1,
+                   help="fraction of the steps with a linearly rising learning rate, in [0, 1)")
+    g.add_argument("--weight_decay", type=float, default=0.01,
+                   help="decoupled weight decay (not on biases and LayerNorm weights)")
     g.add_argument("--adam_bias_correction", action="store_true",
-                   help="bias-correct BertAdam's moments as AdamW does (default off, as BERT "
-                        "and the paper: uncorrected steps are several times larger early on)")
-    g.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    g.add_argument("--train_seed", type=int, default=42)
+                   help="bias-correct BertAdam's moments as AdamW does (off as in BERT and the "
+                        "paper: uncorrected steps are several times larger early on)")
+    g.add_argument("--gradient_accumulation_steps", type=int, default=1,
+                   help="micro-batches per optimizer step; must divide --train_batch_size")
+    g.add_argument("--train_seed", type=int, default=42,
+                   help="seed of the batch order, dropout and the new head's weights")
     g.add_argument("--max_steps", type=int, default=None,
-                   help="stop after this many optimizer steps (smoke runs)")
+                   help="stop after this many optimizer steps (smoke runs; default: no limit)")
     g.add_argument("--eval_steps", type=int, default=None,
                    help="also evaluate every N optimizer steps (default: once per epoch)")
     g.add_argument("--save_steps", type=int, default=None,
-                   help="also write resume_state.pkl every N optimizer steps (it is always "
-                        "written at each evaluation)")
+                   help="also write resume_state.pkl every N optimizer steps (default: only "
+                        "at each evaluation, where it is always written)")
     g.add_argument("--logging_steps", type=int, default=20,
                    help="optimizer steps between loss log lines (and non-finite checks)")
     g.add_argument("--saving_criterion_acc", type=float, default=float("-inf"),
@@ -105,15 +156,21 @@ def add_train_args(parser):
 
 def add_distill_args(parser):
     g = parser.add_argument_group("distillation (presets per --train_type; flags win)")
-    g.add_argument("--train_type", default="ft", choices=TRAIN_TYPES)
-    g.add_argument("--alpha", type=float, default=None, help="weight of the KD term, in [0, 1]")
-    g.add_argument("--T", type=float, default=None, help="softmax temperature of the KD term")
-    g.add_argument("--beta", type=float, default=None, help="weight of the patient loss")
+    g.add_argument("--train_type", default="ft", choices=TRAIN_TYPES,
+                   help="loss: ft cross-entropy (MSE for regression); kd adds the teacher's "
+                        "softened predictions; pkd also its per-layer [CLS] vectors")
+    g.add_argument("--alpha", type=float, default=None,
+                   help=preset_help("weight of the KD term, in [0, 1]", "alpha"))
+    g.add_argument("--T", type=float, default=None,
+                   help=preset_help("softmax temperature of the KD term, > 0", "T"))
+    g.add_argument("--beta", type=float, default=None,
+                   help=preset_help("weight of the patient loss, >= 0", "beta"))
     g.add_argument("--fc_layer_idx", default=None,
                    help="0-based teacher layers paired with the student's, e.g. 3,7 "
                         "(default: the PKD-skip rule)")
     g.add_argument("--normalize_patience", type=str2bool, default=None,
-                   help="L2-normalise [CLS] vectors in the patient loss (true/false)")
+                   help=preset_help("L2-normalise [CLS] vectors in the patient loss "
+                                    "(true/false)", "normalize_patience"))
     return g
 
 

@@ -1,4 +1,4 @@
-"""The training objective of a student: plain fine-tuning, KD or PKD (SPEC 5).
+"""The training objective of a student: plain fine-tuning, KD or PKD.
 
 Teacher predictions come from the teacher-outputs file and are looked up by example index, so a
 KD step costs no teacher forward pass.

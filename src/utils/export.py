@@ -8,6 +8,7 @@ swapped gets the key Linear's weights as its query and the query's as its key. t
 BERT then computes exactly what the SPS schedule does; the file is larger (2k layers' weights)
 but the model is the same.
 """
+import json
 from pathlib import Path
 
 from BERT.pytorch_pretrained_bert import atomic_write, save_safetensors
@@ -16,7 +17,8 @@ from .checkpoints import write_json
 from .errors import PeakdError
 from .modeling import effective_layers, load_tokenizer, load_trained_run
 from .paths import check_dir
-from .runs import run_marker
+from .runs import RESULTS_FILE, run_marker
+from .summary import checkpoint_text
 
 EXPORT_FILES = ("config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json")
 _QUERY, _KEY = "attention.self.query.", "attention.self.key."
@@ -95,3 +97,14 @@ def export_run(run_dir, export_dir, criterion="acc", overwrite=False):
     atomic_write(export_dir / "vocab.txt", lambda f: f.write(vocab))
     save_safetensors(state, export_dir / "model.safetensors", metadata=meta)
     return export_dir
+
+
+def selected_checkpoint(run_dir, criterion):
+    """What the run's eval_results.json says of the exported checkpoint, e.g. 'dev acc 0.81,
+    loss 0.43 (BERT.*_acc.pkl, epoch 2)'; a run without the file says so."""
+    path = Path(run_dir) / RESULTS_FILE
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return f"BERT.*_{criterion}.pkl (no readable {RESULTS_FILE}: dev metrics unknown)"
+    return checkpoint_text(results, criterion)

@@ -1,4 +1,4 @@
-"""GLUE data: reading the 2019 GLUE TSVs, one processor per task, and the task table (SPEC 3)."""
+"""GLUE data: reading the 2019 GLUE TSVs, one processor per task, and the task table."""
 from __future__ import annotations
 
 import csv

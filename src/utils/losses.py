@@ -1,4 +1,6 @@
-"""Distillation losses and the PKD layer pairing (SPEC 5): pure functions, no state.
+"""Distillation losses and the PKD layer pairing: pure functions, no state.
+
+The losses and presets per --train_type are listed in README: Training types and presets.
 
 Shapes: B is the batch size, C the number of classes, n the number of paired layers,
 H the hidden size. Every loss returns a 0-d tensor on the inputs' device.

@@ -1,4 +1,4 @@
-"""GLUE metrics in plain numpy (SPEC 3); which ones a task reports lives in utils.glue.TASKS."""
+"""GLUE metrics in plain numpy; which ones a task reports lives in utils.glue.TASKS."""
 from __future__ import annotations
 
 import numpy as np

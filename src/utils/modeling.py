@@ -1,6 +1,6 @@
 """Building teachers and students: pretrained loading, PKD layer initialisation, SPS schedules.
 
-SPS (SPEC 4.2) is only a layer schedule: k physical layers run as L1..Lk, then L1..Lk again with
+SPS (shuffled parameter sharing) is only a layer schedule: k physical layers run as L1..Lk, then L1..Lk again with
 Query and Key swapped. Parameters and state-dict names are those of the plain k-layer model.
 """
 from pathlib import Path

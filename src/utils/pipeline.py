@@ -13,6 +13,7 @@ from .features import convert_examples_to_features, examples_fingerprint
 from .glue import get_task
 from .modeling import build_student, load_tokenizer, resolve_bert_model
 from .runs import check_resume_args, prepare_output_dir, run_file, write_args
+from .summary import print_summary, training_lines
 from . import parallel, teacher_outputs
 from .train import autocast, pick_device, predict, set_seed, train
 
@@ -125,7 +126,14 @@ def train_student(args, prefix="BERT", second_pass=None, swap_flip_prob=0.0):
     if args.do_predict and parallel.is_main():
         write_json(run_dir / "test_predictions.json",
                    predict_test(args, task, model, tokenizer, test_examples))
+    report_training(results, run_dir)
     return results
+
+
+def report_training(results, run_dir):
+    """The summary lines of a finished training run (rank 0 only: the others have no results)."""
+    if results is not None:
+        print_summary(training_lines(results, run_dir))
 
 
 def predict_test(args, task, model, tokenizer, examples):

@@ -1,4 +1,4 @@
-"""PTP labels: a 4-way label per training example from the teacher's prediction (SPEC 4.3)."""
+"""PTP labels: a 4-way label per training example from the teacher's prediction."""
 from __future__ import annotations
 
 import math

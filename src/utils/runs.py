@@ -18,7 +18,7 @@ RESUME_MAY_CHANGE = frozenset({"resume", "argv", "output_dir", "overwrite_output
 
 
 def run_file(run_dir, name, prefix="BERT"):
-    """A run-level file: `name` for BERT runs (SPEC 2), `<prefix>.<name>` for others.
+    """A run-level file: `name` for BERT runs (README: The pipeline), `<prefix>.<name>` else.
 
     PTP.py writes into the teacher's run folder (`run-1/PTP.*`), so its args, logs, config
     and results carry the prefix instead of overwriting the teacher's.

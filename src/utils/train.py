@@ -1,4 +1,4 @@
-"""The training loop and evaluation shared by finetune.py, PTP.py and finetune_ER.py (SPEC 6).
+"""The training loop and evaluation shared by finetune.py, PTP.py and finetune_ER.py.
 
 BertAdam owns the learning-rate schedule (applied once). Training batches are shuffled by a seeded
 generator and padded to their own longest sequence; evaluation runs in length-grouped batches and

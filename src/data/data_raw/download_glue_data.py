@@ -21,6 +21,11 @@ from pathlib import Path
 
 from http_fetch import FetchError, fetch
 
+# src/, the import root of the project's shared helpers (the help formatter, the summary lines)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from utils.args import HelpFormatter  # noqa: E402
+from utils.summary import print_summary  # noqa: E402
+
 GLUE_BASE_URL = "https://dl.fbaipublicfiles.com/glue/data"
 MRPC_BASE_URL = "https://dl.fbaipublicfiles.com/senteval/senteval_data"
 
@@ -50,7 +55,8 @@ def default_data_dir():
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description="Download the GLUE data in the 2019 TSV layout.")
+    parser = argparse.ArgumentParser(description="Download the GLUE data in the 2019 TSV layout.",
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--data_dir", type=Path, default=None,
                         help="where the <TASK>/ folders go (default: $PEAKD_GLUE_DIR, else "
                              "$PEAKD_DATA_DIR/data_raw/glue_data, else glue_data/ beside this script)")
@@ -269,11 +275,12 @@ def main(argv=None):
         print(f"error: cannot create data folder {data_dir}: {exc.strerror or exc}", file=sys.stderr)
         sys.exit(1)
 
-    failed = []
+    failed, done, skipped = [], [], []
     for task in tasks:
         folder = data_dir / task
         if not args.force and is_complete(folder, task):
             print(f"skip: {task} is already in {folder} (use --force to download it again)")
+            skipped.append(task)
             continue
         print(f"downloading {task} ...", flush=True)
         try:
@@ -283,6 +290,11 @@ def main(argv=None):
             failed.append(task)
             continue
         print(f"done: {task} -> {folder}", flush=True)
+        done.append(task)
+    print_summary([f"done: downloaded {', '.join(done) or 'no task'}"
+                   + (f"; already there: {', '.join(skipped)}" if skipped else "")
+                   + (f"; failed: {', '.join(failed)}" if failed else ""),
+                   f"data folder: {data_dir.resolve()}"])
     if failed:
         print(f"error: {len(failed)} of {len(tasks)} tasks failed: {', '.join(failed)}", file=sys.stderr)
         sys.exit(1)

@@ -15,6 +15,11 @@ from pathlib import Path
 
 from http_fetch import FetchError, fetch
 
+# src/, the import root of the project's shared helpers (the help formatter, the summary lines)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from utils.args import HelpFormatter  # noqa: E402
+from utils.summary import print_summary  # noqa: E402
+
 DEFAULT_NAME = "bert-base-uncased"
 DEFAULT_FILES = ("config.json", "vocab.txt", "pytorch_model.bin")
 HF_URL = "https://huggingface.co/{name}/resolve/main"
@@ -29,7 +34,8 @@ def default_output_dir():
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description="Download a pretrained BERT checkpoint.")
+    parser = argparse.ArgumentParser(description="Download a pretrained BERT checkpoint.",
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--name", default=DEFAULT_NAME, help=f"model name and folder name (default: {DEFAULT_NAME})")
     parser.add_argument("--output_dir", type=Path, default=None,
                         help="parent of the <name>/ folder (default: $PEAKD_PRETRAINED_DIR, else "
@@ -92,13 +98,15 @@ def main(argv=None):
     final = output_dir / folder_name
     if not args.force and all((final / f).is_file() and (final / f).stat().st_size > 0 for f in files):
         print(f"skip: {folder_name} is already in {final} (use --force to download it again)")
+        print_summary([f"done: {name} was already there", f"model folder: {final.resolve()}"])
         return
     try:
         download_model(folder_name, files, output_dir, base_url, args.timeout)
     except FetchError as exc:
         print(f"error: model {name}: {exc}", file=sys.stderr)
         sys.exit(1)
-    print(f"done: {name} -> {final}")
+    print_summary([f"done: downloaded {name} ({', '.join(files)})",
+                   f"model folder: {final.resolve()}"])
 
 
 if __name__ == "__main__":
