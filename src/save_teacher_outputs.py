@@ -10,13 +10,13 @@ path and schema belong to utils/teacher_outputs.py.
 from pathlib import Path
 
 from utils import teacher_outputs
-from utils.args import add_task_args, new_parser, task_output_dir
+from utils.args import add_task_args, check_positive, new_parser, task_output_dir
 from utils.errors import PeakdError
 from utils.features import examples_fingerprint
 from utils.glue import get_task
 from utils.modeling import effective_layers, load_tokenizer, load_trained_run
 from utils.paths import check_dir, check_writable_dir
-from utils.pipeline import check_lengths, load_splits, run_cli
+from utils.pipeline import check_data_dir, check_lengths, load_splits, run_cli
 from utils.summary import metrics_text, print_summary
 from utils.train import autocast, collect_outputs, pick_device, score
 
@@ -31,7 +31,8 @@ def build_parser():
     g.add_argument("--teacher_criterion", default="acc", choices=("acc", "loss"),
                    help="which of the run's checkpoints to use (BERT.*_acc.pkl or *_loss.pkl)")
     g.add_argument("--output_dir", default=None,
-                   help="folder for the teacher file (default: the task's output folder)")
+                   help="folder for the teacher file, made if missing (default: the task's "
+                        "output folder)")
     g.add_argument("--no_layer_features", action="store_true",
                    help="skip per-layer [CLS] vectors (writes the smaller `_normal_` file; "
                         "enough for kd and PTP, not for pkd)")
@@ -42,9 +43,9 @@ def run(args):
     task = get_task(args.task)
     teacher_dir = task_output_dir(task.name, args.teacher_dir)
     folder = task_output_dir(task.name, args.output_dir) if args.output_dir else None
-    if folder is not None:
-        check_dir(folder, "--output_dir", "create it or pass an existing folder")
+    check_positive(args, ("eval_batch_size", "max_seq_length"))
     check_dir(teacher_dir, "--teacher_dir", "pass the output folder of a finetune.py run")
+    check_data_dir(args.data_dir, task)
     model, config, run_args, run_task = load_trained_run(teacher_dir, args.teacher_criterion)
     if run_task.name != task.name:
         raise PeakdError(f"--teacher_dir {teacher_dir} holds a {run_task.name} teacher, not a "
@@ -55,8 +56,8 @@ def run(args):
     teacher_outputs.check_owner(path, teacher_dir)
     if args.max_seq_length is None:
         args.max_seq_length = run_args["max_seq_length"]
-    check_lengths(args, config)
-    tokenizer = load_tokenizer(teacher_dir)
+    check_lengths(args, config, task)
+    tokenizer = load_tokenizer(teacher_dir, config.vocab_size, "--teacher_dir")
     has_test = (Path(args.data_dir) / task.dir_name / "test.tsv").is_file()
     splits = ("train",) + task.dev_splits + (("test",) if has_test else ())
     data = load_splits(task, args.data_dir, splits, tokenizer, args.max_seq_length)

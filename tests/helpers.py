@@ -104,10 +104,11 @@ def tree_digest(root):
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def expect_error(main, argv, capsys, needles=(), watched=()):
-    """Runs a script's main(argv) expecting bad input: exit 1, a single `error:` line on stderr
-    holding every needle, and no file under the `watched` folders added, changed or removed.
-    Returns the line."""
+def expect_error(main, argv, capsys, needles=(), watched=(), code=1):
+    """Runs a script's main(argv) expecting bad input: exit `code` (1; 2 for what argparse
+    refuses, 130 for Ctrl-C), a single `error:` line on stderr holding every needle, and no file
+    under the `watched` folders added, changed or removed. Returns the line."""
+    expected = code
     capsys.readouterr()
     before = [tree_digest(folder) for folder in watched]
     try:
@@ -118,7 +119,7 @@ def expect_error(main, argv, capsys, needles=(), watched=()):
         code = 0
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
-    assert code == 1, err
+    assert code == expected, err
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     for needle in needles:
         assert str(needle) in lines[0], (needle, lines[0])

@@ -4,6 +4,7 @@ Flags whose default depends on `--train_type` default to None and are filled fro
 `apply_presets`; a value given on the command line is never overridden.
 """
 import argparse
+import math
 from pathlib import Path
 
 import envs
@@ -40,10 +41,17 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors (unknown flag, `--alpha ''`, a bad choice) are one
+    `error: ...` line and exit 2, as the scripts' other errors are one line."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message}; see {self.prog} --help\n")
+
+
 def new_parser(doc):
     """A script's parser: the first paragraph of its docstring as description, HelpFormatter."""
-    return argparse.ArgumentParser(description=doc.split("\n\n")[0],
-                                   formatter_class=HelpFormatter)
+    return Parser(description=doc.split("\n\n")[0], formatter_class=HelpFormatter)
 
 
 def preset_help(text, key):
@@ -205,6 +213,7 @@ def apply_presets(args):
     for key, value in PRESETS[args.train_type].items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
+    check_finite(args, ("alpha", "T", "beta"))
     if not 0.0 <= args.alpha <= 1.0:
         raise PeakdError(f"--alpha {args.alpha} must be in [0, 1]")
     if args.T <= 0:
@@ -214,15 +223,33 @@ def apply_presets(args):
     return args
 
 
+def check_finite(args, names):
+    """nan and inf pass every range comparison unnoticed (`nan <= 0` is false): refuse them."""
+    for name in names:
+        value = getattr(args, name, None)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise PeakdError(f"--{name} {value} is not a finite number; pass a number")
+
+
+def check_positive(args, names):
+    """Each flag in `names` is >= 1 unless left out (None)."""
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise PeakdError(f"--{name} {value} must be >= 1")
+
+
 def check_common(args):
     """Range checks shared by the scripts that train."""
-    positive = ("train_batch_size", "eval_batch_size", "gradient_accumulation_steps",
-                "max_seq_length", "student_hidden_layers", "logging_steps", "max_steps",
-                "eval_steps", "save_steps")
-    for name in positive:
-        # None: an optional flag left out
-        if getattr(args, name, None) is not None and getattr(args, name) < 1:
-            raise PeakdError(f"--{name} {getattr(args, name)} must be >= 1")
+    check_finite(args, ("learning_rate", "num_train_epochs", "warmup_proportion", "weight_decay",
+                        "swap_prob"))
+    for name in ("saving_criterion_acc", "saving_criterion_loss"):
+        # -inf / inf are the "no bar" defaults; nan would silently never save
+        if math.isnan(getattr(args, name, 0.0)):
+            raise PeakdError(f"--{name} nan is not a number; pass a number or leave it out")
+    check_positive(args, ("train_batch_size", "eval_batch_size", "gradient_accumulation_steps",
+                          "max_seq_length", "student_hidden_layers", "logging_steps",
+                          "max_steps", "eval_steps", "save_steps"))
     if args.train_batch_size % args.gradient_accumulation_steps:
         raise PeakdError(f"--train_batch_size {args.train_batch_size} must be a multiple of "
                          f"--gradient_accumulation_steps {args.gradient_accumulation_steps}")
@@ -232,6 +259,8 @@ def check_common(args):
         raise PeakdError(f"--warmup_proportion {args.warmup_proportion} must be in [0, 1)")
     if getattr(args, "num_train_epochs", 1.0) <= 0:
         raise PeakdError(f"--num_train_epochs {args.num_train_epochs} must be > 0")
+    if getattr(args, "weight_decay", 0.0) < 0:
+        raise PeakdError(f"--weight_decay {args.weight_decay} must be >= 0")
     if args.fp16 and args.bf16:
         raise PeakdError("--fp16 and --bf16 exclude each other; pick one")
     return args

@@ -5,7 +5,7 @@ KD step costs no teacher forward pass.
 """
 import torch
 
-from .errors import PeakdError
+from .errors import PeakdError, warn
 from .losses import kd_loss, patience_loss, regression_kd_loss, resolve_fc_layer_idx
 from .train import task_loss
 
@@ -27,6 +27,9 @@ def build_objective(args, task, model, teacher_train=None, device="cpu"):
             raise PeakdError(f"the teacher's hidden size {teacher_cls.shape[2]} differs from the "
                              f"student's {model.config.hidden_size}; PKD needs the same width")
         fc = resolve_fc_layer_idx(args.fc_layer_idx, student_layers, teacher_cls.shape[1])
+        if args.fc_layer_idx is not None and len(set(fc)) < len(fc):
+            warn(f"--fc_layer_idx {args.fc_layer_idx} pairs one teacher layer with several "
+                 "student layers; allowed, but check that it is what you meant")
         teacher_cls = teacher_cls[:, fc].float().to(device)  # (N, n - 1, H)
 
     def objective(out, batch):

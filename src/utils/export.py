@@ -16,7 +16,7 @@ from BERT.pytorch_pretrained_bert import atomic_write, save_safetensors
 from .checkpoints import write_json
 from .errors import PeakdError
 from .modeling import effective_layers, load_tokenizer, load_trained_run
-from .paths import check_dir
+from .paths import check_dir, check_writable_dir
 from .runs import RESULTS_FILE, run_marker
 from .summary import checkpoint_text
 
@@ -69,9 +69,7 @@ def export_run(run_dir, export_dir, criterion="acc", overwrite=False):
     """
     run_dir, export_dir = Path(run_dir), Path(export_dir)
     check_dir(run_dir, "--run_dir", "pass a finetune.py run folder")
-    if export_dir.exists() and not export_dir.is_dir():
-        raise PeakdError(f"--export_dir {export_dir} is a file, expected a folder; choose "
-                         "another path")
+    check_writable_dir(export_dir, "--export_dir")
     marker = run_marker(export_dir)
     if marker is not None:
         # even with --overwrite_export_dir: the export's config.json and vocab.txt would
@@ -83,7 +81,7 @@ def export_run(run_dir, export_dir, criterion="acc", overwrite=False):
         raise PeakdError(f"--export_dir {export_dir} is not empty; pass --overwrite_export_dir "
                          "or choose another folder")
     model, config, run_args, task = load_trained_run(run_dir, criterion)
-    tokenizer = load_tokenizer(run_dir)
+    tokenizer = load_tokenizer(run_dir, config.vocab_size, "--run_dir")
     state = unrolled_state_dict(model)
     meta = {"format": "pt", "criterion": criterion,
             "model_type": run_args["model_type"], "task": task.name}

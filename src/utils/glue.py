@@ -43,6 +43,12 @@ def read_tsv(path: str | Path) -> list[tuple[int, list[str]]]:
         raise PeakdError(
             f"GLUE file not found: {path}; run `bash preprocess.sh` or pass --data_dir"
         ) from None
+    except IsADirectoryError:
+        raise PeakdError(f"{path} is a folder, expected a GLUE TSV file; pass the --data_dir "
+                         "that holds the task's files") from None
+    except NotADirectoryError:
+        raise PeakdError(f"{path.parent} is a file, expected the task's folder; pass the "
+                         "--data_dir that holds the task's folder") from None
     except UnicodeDecodeError as e:
         raise PeakdError(f"{path} is not UTF-8 text ({e.reason}); re-download it with "
                          "`bash preprocess.sh`") from None

@@ -14,7 +14,7 @@ from BERT.pytorch_pretrained_bert.tokenization import VOCAB_NAME
 import envs
 
 from .checkpoints import checkpoint_path, safe_torch_load
-from .errors import PeakdError
+from .errors import PeakdError, warn
 from .glue import get_task
 from .runs import read_args
 
@@ -24,6 +24,9 @@ MODEL_TYPES = ("Original", "SPS", "SPS_no_shuffle")
 def resolve_bert_model(name):
     """`--bert_model`: an existing directory as given, else `src/data/models/pretrained/<name>`."""
     path = Path(name).expanduser()
+    if path.exists() and not path.is_dir():
+        raise PeakdError(f"--bert_model {path} is a file, expected a model folder (config.json, "
+                         f"{VOCAB_NAME}, weights); pass the folder that holds it")
     if not path.is_dir():
         path = envs.PRETRAINED_DIR / name
     if not path.is_dir():
@@ -40,8 +43,40 @@ def resolve_bert_model(name):
     return path
 
 
-def load_tokenizer(model_dir):
-    return BertTokenizer.from_pretrained(model_dir)
+# the tokens every input is built from ([CLS] A [SEP] B [SEP]) and the one unknown words become
+REQUIRED_TOKENS = ("[CLS]", "[SEP]", "[UNK]")
+
+
+def load_tokenizer(model_dir, vocab_size=None, what="--bert_model"):
+    """The WordPiece tokenizer of a model or run folder, its vocabulary checked: UTF-8 text,
+    not empty, holding REQUIRED_TOKENS, and (given the model's `vocab_size`) no id the model's
+    embeddings lack."""
+    vocab_file = Path(model_dir) / VOCAB_NAME
+    fix = f"replace it with the {VOCAB_NAME} the model was trained with"
+    if vocab_file.is_dir():
+        raise PeakdError(f"{what} vocabulary {vocab_file} is a folder, expected a file; {fix}")
+    if not vocab_file.is_file():
+        raise PeakdError(f"{what} {model_dir} has no {VOCAB_NAME}; copy in the {VOCAB_NAME} the "
+                         "model was trained with")
+    try:
+        tokenizer = BertTokenizer.from_pretrained(model_dir)
+    except UnicodeDecodeError as e:
+        raise PeakdError(f"{what} vocabulary {vocab_file} is not UTF-8 text ({e.reason}); "
+                         f"{fix}") from None
+    except ValueError as e:  # a malformed tokenizer_config.json
+        raise PeakdError(f"{what} {model_dir}: {e}; fix or delete that file") from None
+    vocab = tokenizer.vocab
+    if not vocab or list(vocab) == [""]:
+        raise PeakdError(f"{what} vocabulary {vocab_file} is empty; {fix}")
+    missing = [t for t in REQUIRED_TOKENS if t not in vocab]
+    if missing:
+        raise PeakdError(f"{what} vocabulary {vocab_file} lacks {', '.join(missing)} (not a BERT "
+                         f"WordPiece vocabulary?); {fix}")
+    if vocab_size is not None and max(vocab.values()) >= vocab_size:
+        raise PeakdError(f"{what} vocabulary {vocab_file} has {max(vocab.values()) + 1} entries "
+                         f"but the model's config has vocab_size {vocab_size}; the two do not "
+                         f"belong together: {fix}")
+    return tokenizer
 
 
 def load_pretrained_encoder(model_dir):
@@ -96,6 +131,9 @@ def student_layer_map(num_layers, pretrained_layers, layer_initialization=None):
         raise PeakdError(f"--layer_initialization {layer_initialization} must name "
                          f"{num_layers} layers (one per student layer), each in "
                          f"1..{pretrained_layers}")
+    if len(set(chosen)) < len(chosen):
+        warn(f"--layer_initialization {layer_initialization} names a layer more than once: "
+             "those student layers start as copies of each other")
     return [c - 1 for c in chosen]
 
 

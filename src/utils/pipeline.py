@@ -1,5 +1,6 @@
 """Steps the scripts share: checking arguments against the model, loading splits, training a
 student end to end, and turning user errors into one-line exits."""
+import shlex
 import sys
 
 from BERT.pytorch_pretrained_bert import atomic_write
@@ -8,10 +9,11 @@ from BERT.pytorch_pretrained_bert.tokenization import TOKENIZER_CONFIG_NAME, VOC
 from .args import apply_presets, check_common, task_output_dir
 from .checkpoints import write_json
 from .distill import build_objective
-from .errors import PeakdError
+from .errors import Interrupted, PeakdError, warn
 from .features import convert_examples_to_features, examples_fingerprint
 from .glue import get_task
 from .modeling import build_student, load_tokenizer, resolve_bert_model
+from .paths import check_dir, check_file, check_writable_dir
 from .runs import check_resume_args, prepare_output_dir, run_file, write_args
 from .summary import print_summary, training_lines
 from . import parallel, teacher_outputs
@@ -19,13 +21,52 @@ from .train import autocast, pick_device, predict, set_seed, train
 
 
 def run_cli(parser, fn, argv=None):
-    """Parses argv and runs fn(args); a PeakdError becomes `error: ...` on stderr and exit 1."""
+    """Parses argv and runs fn(args); what a user can cause ends in one line on stderr.
+
+    A PeakdError or an OSError (a folder that cannot be written, a full disk) is `error: ...`
+    and exit 1; Ctrl-C is exit 130, during training with the command that continues the run.
+    """
     args = parser.parse_args(argv)
     try:
+        check_not_empty(args)
         return fn(args)
     except PeakdError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
+        fail(str(e), 1)
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        fail(f"{where}{e.strerror or e}; check the path, its permissions and the free space", 1)
+    except Interrupted as e:
+        command = command_line(parser, argv)
+        if e.resumable:
+            fail(f"{e}; continue the run with: {command} --resume", 130)
+        fail(f"{e}, before the first resume state was written (it is written at each "
+             f"evaluation and every --save_steps); start again with: {command}", 130)
+    except KeyboardInterrupt:
+        fail("interrupted; files are written whole or not at all, so rerun the same command",
+             130)
+
+
+def fail(message, code):
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(code) from None
+
+
+def check_not_empty(args):
+    """An empty flag value (`--bert_model ''`) would silently mean the current folder or no
+    value; refuse it."""
+    for name, value in vars(args).items():
+        if isinstance(value, str) and not value.strip():
+            raise PeakdError(f"--{name} is empty; pass a value or leave the flag out")
+
+
+def command_line(parser, argv=None):
+    """The command that reruns this one (as typed), without the flags --resume excludes."""
+    if argv is None:
+        head, argv = ["python", sys.argv[0]], sys.argv[1:]
+    else:
+        head = ["python", parser.prog]
+    kept = [a for a in argv if a not in ("--resume", "--overwrite_output_dir")]
+    return shlex.join(head + [str(a) for a in kept])
 
 
 def load_splits(task, data_dir, splits, tokenizer, max_seq_length):
@@ -40,16 +81,36 @@ def load_splits(task, data_dir, splits, tokenizer, max_seq_length):
     return out
 
 
-def check_lengths(args, config):
-    if args.max_seq_length > config.max_position_embeddings:
-        raise PeakdError(f"--max_seq_length {args.max_seq_length} exceeds the model's "
+# a --max_seq_length below this leaves only a few word pieces of text per example
+MIN_USEFUL_LENGTH = 8
+
+
+def check_lengths(args, config, task):
+    """--max_seq_length fits the model's positions and leaves room for text."""
+    n = args.max_seq_length
+    if n > config.max_position_embeddings:
+        raise PeakdError(f"--max_seq_length {n} exceeds the model's "
                          f"{config.max_position_embeddings} positions; lower it")
+    specials = 2 if task.processor.train.text_b is None else 3  # [CLS] A [SEP] (B [SEP])
+    if n <= specials:
+        raise PeakdError(f"--max_seq_length {n} leaves no room for text: {task.name} inputs "
+                         f"take {specials} special tokens; pass at least {MIN_USEFUL_LENGTH}")
+    if n < MIN_USEFUL_LENGTH:
+        warn(f"--max_seq_length {n} leaves {n - specials} word pieces per {task.name} example "
+             f"after its {specials} special tokens; most texts will be cut short")
+
+
+def check_data_dir(data_dir, task):
+    """--data_dir must be a folder; the task's files in it are checked as they are read."""
+    check_dir(data_dir, "--data_dir", f"pass the folder that holds {task.dir_name}/train.tsv, "
+                                      "or run `bash preprocess.sh` to download GLUE")
 
 
 def teacher_file(args, task, need_patient):
     """The --teacher_prediction path (relative to the task's output folder) or the default."""
     if args.teacher_prediction:
-        return task_output_dir(task.name, args.teacher_prediction)
+        return check_file(task_output_dir(task.name, args.teacher_prediction),
+                          "--teacher_prediction", "pass the file save_teacher_outputs.py wrote")
     return teacher_outputs.find_default(task.name, need_patient)
 
 
@@ -70,16 +131,21 @@ def prepare_student(args, num_labels=None, second_pass=None, swap_flip_prob=0.0)
     # --fp16 without CUDA is refused now, before the model and data are loaded and long before
     # the run folder is written; train() builds the same context again
     autocast(args, pick_device(args))
+    check_data_dir(args.data_dir, task)
+    check_writable_dir(task_output_dir(task.name, args.output_dir), "--output_dir")
     model_dir = resolve_bert_model(args.bert_model)
-    tokenizer = load_tokenizer(model_dir)
-    load_model = (task_output_dir(task.name, args.load_model_dir) if args.load_model_dir
-                  else None)
+    load_model = None
+    if args.load_model_dir:
+        load_model = check_file(task_output_dir(task.name, args.load_model_dir),
+                                "--load_model_dir", "pass an encoder checkpoint file such as "
+                                "run-1/PTP.encoder_loss.pkl")
     set_seed(args.train_seed)
     model, config = build_student(model_dir, num_labels or task.num_labels,
                                   args.student_hidden_layers, args.model_type,
                                   args.layer_initialization, load_model, second_pass,
                                   swap_flip_prob)
-    check_lengths(args, config)
+    tokenizer = load_tokenizer(model_dir, config.vocab_size)
+    check_lengths(args, config, task)
     data = load_splits(task, args.data_dir, ("train",) + task.dev_splits, tokenizer,
                        args.max_seq_length)
     return task, model_dir, tokenizer, model, config, data
@@ -98,7 +164,7 @@ def start_run(args, task, model_dir, config, prefix="BERT"):
     if not parallel.is_main():
         return run_dir
     write_args(run_dir, args, prefix)
-    config.to_json_file(run_file(run_dir, "config.json", prefix))
+    write_json(run_file(run_dir, "config.json", prefix), config.to_dict())
     # the casing travels with the vocabulary, so a cased model stays cased when the run folder
     # is read back (save_teacher_outputs.py, export_hf.py). PTP.py writes into the teacher's
     # folder: its copies are prefixed (PTP.vocab.txt) and never replace the teacher's.

@@ -29,7 +29,7 @@ from BERT.pytorch_pretrained_bert import BertAdam, count_parameters
 
 from . import parallel
 from .checkpoints import atomic_torch_save, safe_torch_load, save_model_checkpoint, write_json
-from .errors import PeakdError
+from .errors import Interrupted, PeakdError
 from .features import eval_batches, train_batches
 from .metrics import metrics_for
 from .modeling import effective_layers
@@ -427,6 +427,9 @@ def train(model, train_features, dev_features, task, args, objective, run_dir, p
                            prefix, needs_layers, device)
         try:
             run.run()
+        except KeyboardInterrupt:
+            resumable = run_file(run_dir, RESUME_FILE, prefix).is_file()
+            raise Interrupted(run.pos.step, resumable) from None
         finally:
             # an error line must start on its own line, not after the bar
             run.progress.close()

@@ -65,12 +65,31 @@ class BertConfig:
             raise ValueError(f"hidden_size {hidden_size} is not a multiple of "
                              f"num_attention_heads {num_attention_heads}")
 
+    # fields that must be positive whole numbers, and fields that must be numbers in [0, 1)
+    SIZES = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+             "intermediate_size", "max_position_embeddings", "type_vocab_size")
+    PROBABILITIES = ("hidden_dropout_prob", "attention_probs_dropout_prob")
+
     @classmethod
     def from_dict(cls, data):
-        """Builds a config from a dict; keys other than BERT's hyperparameters are ignored."""
+        """Builds a config from a dict; keys other than BERT's hyperparameters are ignored.
+
+        A value of the wrong type or range is a ValueError naming the field, so a malformed
+        config.json fails here and not deep inside the model.
+        """
+        if not isinstance(data, dict):
+            raise ValueError(f"config is a JSON {type(data).__name__}, not an object")
         known = {k: data[k] for k in cls.FIELDS if k in data}
         if "vocab_size" not in known:
             raise ValueError("config has no vocab_size")
+        for k in cls.SIZES:
+            v = known.get(k, 1)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"config field {k} is {v!r}, expected a positive integer")
+        for k in cls.PROBABILITIES:
+            v = known.get(k, 0.0)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
+                raise ValueError(f"config field {k} is {v!r}, expected a number in [0, 1)")
         known["vocab_size_or_config_json_file"] = known.pop("vocab_size")
         return cls(**known)
 

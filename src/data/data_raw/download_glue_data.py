@@ -10,7 +10,6 @@ the script reports it on one line, goes on with the other tasks and exits 1 at t
 MRPC is not on the GLUE mirror: it is built from the SentEval copy of msr_paraphrase_{train,test}.txt
 and GLUE's list of dev id pairs, as the 2019 GLUE script did.
 """
-import argparse
 import os
 import shutil
 import sys
@@ -23,7 +22,7 @@ from http_fetch import FetchError, fetch
 
 # src/, the import root of the project's shared helpers (the help formatter, the summary lines)
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from utils.args import HelpFormatter  # noqa: E402
+from utils.args import HelpFormatter, Parser  # noqa: E402
 from utils.summary import print_summary  # noqa: E402
 
 GLUE_BASE_URL = "https://dl.fbaipublicfiles.com/glue/data"
@@ -55,8 +54,8 @@ def default_data_dir():
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description="Download the GLUE data in the 2019 TSV layout.",
-                                     formatter_class=HelpFormatter)
+    parser = Parser(description="Download the GLUE data in the 2019 TSV layout.",
+                    formatter_class=HelpFormatter)
     parser.add_argument("--data_dir", type=Path, default=None,
                         help="where the <TASK>/ folders go (default: $PEAKD_GLUE_DIR, else "
                              "$PEAKD_DATA_DIR/data_raw/glue_data, else glue_data/ beside this script)")

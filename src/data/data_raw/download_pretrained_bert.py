@@ -6,7 +6,6 @@ Every file goes to a temporary folder beside the model folder and is checked aga
 server announced; the folder is renamed into place only when all files have arrived, so a failure
 leaves nothing half-written. Errors are reported on one line and the exit status is 1.
 """
-import argparse
 import os
 import shutil
 import sys
@@ -17,7 +16,7 @@ from http_fetch import FetchError, fetch
 
 # src/, the import root of the project's shared helpers (the help formatter, the summary lines)
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from utils.args import HelpFormatter  # noqa: E402
+from utils.args import HelpFormatter, Parser  # noqa: E402
 from utils.summary import print_summary  # noqa: E402
 
 DEFAULT_NAME = "bert-base-uncased"
@@ -34,8 +33,8 @@ def default_output_dir():
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description="Download a pretrained BERT checkpoint.",
-                                     formatter_class=HelpFormatter)
+    parser = Parser(description="Download a pretrained BERT checkpoint.",
+                    formatter_class=HelpFormatter)
     parser.add_argument("--name", default=DEFAULT_NAME, help=f"model name and folder name (default: {DEFAULT_NAME})")
     parser.add_argument("--output_dir", type=Path, default=None,
                         help="parent of the <name>/ folder (default: $PEAKD_PRETRAINED_DIR, else "
