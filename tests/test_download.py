@@ -346,3 +346,42 @@ def test_preprocess_sh(server, tmp_path):
     failed = subprocess.run(cmd[:-1] + ["WNLI"], env=env, capture_output=True, text=True, timeout=60)
     assert failed.returncode == 1
     assert "error: task WNLI: " in failed.stderr and "HTTP 404" in failed.stderr
+
+
+# --- the last lines, path kinds and Ctrl-C -------------------------------------------------------
+
+def test_glue_ends_with_a_summary(glue, server, tmp_path, capsys):
+    server.add("/RTE.zip", task_zip("RTE"))
+    data = tmp_path / "glue"
+    argv = ["--data_dir", data, "--tasks", "rte,cola", "--base_url", server.url]
+    assert run_main(glue, argv) == 1  # CoLA is not on the server
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-2:] == ["done: downloaded RTE; failed: CoLA", f"data folder: {data.resolve()}"]
+
+
+@pytest.mark.parametrize("which", ["glue", "bert"])
+def test_a_file_where_the_folder_goes_is_named(which, glue, bert, tmp_path, capsys):
+    afile = tmp_path / "a-file"
+    afile.write_text("x")
+    module, flag = (glue, "--data_dir") if which == "glue" else (bert, "--output_dir")
+    assert run_main(module, [flag, afile, "--base_url", "http://127.0.0.1:9"]) == 1
+    assert error_lines(capsys) == [f"error: {flag} {afile} is a file, expected a folder; choose "
+                                   "another path"]
+
+
+@pytest.mark.parametrize("which", ["glue", "bert"])
+def test_ctrl_c_is_one_line_and_keeps_nothing(which, glue, bert, tmp_path, capsys, monkeypatch):
+    module = glue if which == "glue" else bert
+
+    def interrupted(url, dest, timeout):
+        Path(dest).write_bytes(b"half a download")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "fetch", interrupted)
+    out = tmp_path / "out"
+    flag = "--data_dir" if which == "glue" else "--output_dir"
+    assert run_main(module, [flag, out, "--tasks", "rte"] if which == "glue"
+                    else [flag, out]) == 130
+    lines = error_lines(capsys)
+    assert len(lines) == 1 and lines[0].startswith("error: interrupted while downloading")
+    assert list(out.iterdir()) == []

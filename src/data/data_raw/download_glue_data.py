@@ -268,6 +268,10 @@ def main(argv=None):
     data_dir = args.data_dir if args.data_dir is not None else default_data_dir()
     base_url = (args.base_url or os.environ.get("PEAKD_GLUE_BASE_URL") or GLUE_BASE_URL).rstrip("/")
     mrpc_base_url = (args.mrpc_base_url or os.environ.get("PEAKD_MRPC_BASE_URL") or MRPC_BASE_URL).rstrip("/")
+    if data_dir.exists() and not data_dir.is_dir():
+        print(f"error: --data_dir {data_dir} is a file, expected a folder; choose another path",
+              file=sys.stderr)
+        sys.exit(1)
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -284,6 +288,11 @@ def main(argv=None):
         print(f"downloading {task} ...", flush=True)
         try:
             download_task(task, data_dir, base_url, mrpc_base_url, args.timeout)
+        except KeyboardInterrupt:
+            print(f"error: interrupted while downloading {task}; nothing of it was kept, and the "
+                  "tasks done before are complete: rerun the same command to go on",
+                  file=sys.stderr)
+            sys.exit(130)
         except FetchError as exc:
             print(f"error: task {task}: {exc}", file=sys.stderr, flush=True)
             failed.append(task)

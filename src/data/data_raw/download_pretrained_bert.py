@@ -99,8 +99,16 @@ def main(argv=None):
         print(f"skip: {folder_name} is already in {final} (use --force to download it again)")
         print_summary([f"done: {name} was already there", f"model folder: {final.resolve()}"])
         return
+    if output_dir.exists() and not output_dir.is_dir():
+        print(f"error: --output_dir {output_dir} is a file, expected a folder; choose another "
+              "path", file=sys.stderr)
+        sys.exit(1)
     try:
         download_model(folder_name, files, output_dir, base_url, args.timeout)
+    except KeyboardInterrupt:
+        print(f"error: interrupted while downloading {name}; nothing of it was kept: rerun the "
+              "same command", file=sys.stderr)
+        sys.exit(130)
     except FetchError as exc:
         print(f"error: model {name}: {exc}", file=sys.stderr)
         sys.exit(1)
