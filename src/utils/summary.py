@@ -30,7 +30,10 @@ def checkpoint_text(results, criterion):
     name = f"{prefix}.*_{criterion}.pkl"
     if record is None:
         return f"no {name} saved (--saving_criterion_{criterion} was never met)"
-    main = results.get("main_metric") if criterion == "acc" else "loss"
+    main = results.get("main_metric")
+    if criterion == "loss":  # the loss and the main metric; the acc checkpoint lists them all
+        record = {k: record[k] for k in ("loss", main, "epoch", "step") if k in record}
+        main = "loss"
     where = f"epoch {record['epoch']}" if "epoch" in record else ""
     if "step" in record:
         where += f"{', ' if where else ''}step {record['step']}"
