@@ -1,4 +1,4 @@
-"""Losses and the PKD layer pairing (SPEC 5) against hand-computed values and other formulations."""
+"""Losses and the PKD layer pairing against hand-computed values and other formulations."""
 import math
 from fractions import Fraction
 

@@ -25,7 +25,8 @@ def test_export_never_writes_into_a_run_folder(mrpc_teacher, tmp_path, capsys):
     run = shutil.copytree(mrpc_teacher.run, tmp_path / "run")
     for extra in ([], ["--overwrite_export_dir"]):
         expect_error(export, ["--run_dir", run, "--export_dir", run, *extra], capsys,
-                     ["--export_dir", "BERT.cls_acc.pkl", "must not write over"], watched=(tmp_path,))
+                     ["--export_dir", "BERT.cls_acc.pkl", "must not write over"],
+                     watched=(tmp_path,))
 
 
 def test_teacher_outputs_never_replace_another_teachers_file(mrpc_teacher, tiny, tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""The four scripts chained end to end on tiny data, and SPEC section 7: each defect of the
+"""The four scripts chained end to end on tiny data, and each defect of the
 released code that this project must not reproduce is a test here (or named where it lives)."""
 import csv
 import json
@@ -46,7 +46,7 @@ def read_csv(path):
 
 @pytest.fixture(scope="module")
 def pipeline(world):
-    """SPEC section 2's four steps with relative paths, as a user runs them."""
+    """The pipeline's four steps (README: The pipeline) with relative paths, as a user runs them."""
     monkeypatch = pytest.MonkeyPatch()
     monkeypatch.setattr(envs, "OUTPUT_DIR", world["out"])
     finetune, save, ptp = (load_script(n) for n in ("finetune", "save_teacher_outputs", "PTP"))
@@ -109,7 +109,7 @@ def test_finetune_er_trains_an_sps_student_with_a_partial_second_pass(pipeline, 
     assert res["model_type"] == "SPS" and res["effective_layers"] == 3
 
 
-# --- SPEC section 7: the released code's defects ------------------------------------------
+# --- the released code's defects (README: What this code base fixes) --------------
 
 def test_scripts_import_without_side_effects_and_follow_the_layout():
     """Defect: PTP.py crashed on import. Every script imports cleanly and does no work."""

@@ -1,4 +1,4 @@
-"""PTP labels and thresholds (SPEC 4.3)."""
+"""PTP labels and thresholds."""
 import math
 import statistics
 

@@ -1,4 +1,4 @@
-"""SPS exactly as SPEC 4.2: same parameters as the plain k-layer student, forward equal to an
+"""SPS as README.md describes it: same parameters as the plain k-layer student, forward equal to an
 unrolled 2k-layer BERT with Query/Key swapped in the upper copy, gradients from both passes."""
 import copy
 

@@ -1,7 +1,8 @@
 """Building teachers and students: pretrained loading, PKD layer initialisation, SPS schedules.
 
-SPS (shuffled parameter sharing) is only a layer schedule: k physical layers run as L1..Lk, then L1..Lk again with
-Query and Key swapped. Parameters and state-dict names are those of the plain k-layer model.
+SPS (shuffled parameter sharing) is only a layer schedule: k physical layers run as L1..Lk, then
+L1..Lk again with Query and Key swapped. Parameters and state-dict names are those of the plain
+k-layer model.
 """
 from pathlib import Path
 
