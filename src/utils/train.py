@@ -302,8 +302,9 @@ class _TrainingRun:
                     break
                 # the accumulation window holding micro-batch i; the epoch's last one may be
                 # short (fewer micro-batches, or a short last micro-batch)
-                window = batches[i - i % accum:i - i % accum + accum]
-                boundary = i + 1 == i - i % accum + len(window)
+                start = i - i % accum
+                window = batches[start:start + accum]
+                boundary = i + 1 == start + len(window)
                 self.micro_step(batches[i], boundary,
                                 len(batches[i]) / sum(len(b) for b in window))
                 if boundary:
