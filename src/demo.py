@@ -1,13 +1,13 @@
-"""Runs the PeaKD pipeline and its ablation offline on CPU, on a generated task and a never-pretrained BERT.
+"""Runs the PeaKD pipeline and its ablation offline on CPU, on a generated toy task.
 
     python src/demo.py [--work_dir demo/] [--force] [--seed 0]
 
-Builds the embedded default (utils/demo_data.py: a synthetic task whose label needs several steps
-of composition, and a small random-weight BERT), then runs the pipeline (SPEC 2) as separate
-processes with the real scripts and flags: a 4-layer teacher, its outputs, and 2-layer students
-trained with ft, KD, PKD, SPS + PKD, and PTP + SPS + PKD (the full PeaKD student, after a PTP
-run). It prints one row per model with the measured dev accuracy and its difference to the row
-above. A step whose outputs exist is skipped unless --force or something it depends on was
+Builds the embedded default (utils/demo_data.py: a synthetic two-clause task whose label needs
+a composition, and a small random-weight BERT), then runs the pipeline (README, "The pipeline")
+as separate processes with the real scripts and flags: a 4-layer teacher, its outputs, PTP, and
+2-layer students trained with ft, KD, PKD, SPS + PKD, and PTP + SPS + PKD (the full PeaKD
+student). It prints one row per model with the measured dev accuracy and its difference to the
+row above. A step whose outputs exist is skipped unless --force or something it depends on was
 rebuilt. The model was never pretrained: the numbers say nothing about BERT, GLUE or the paper.
 """
 import argparse
@@ -33,10 +33,10 @@ BERT_SHAPE = dict(hidden=64, heads=4, intermediate=128, max_positions=64)
 # The model was never pretrained, so it learns from scratch: a large rate and several epochs.
 # The teacher (trained once) gets more epochs than each student, as a real teacher gets more
 # compute; every student gets the same budget, so the student rows compare like with like.
-COMMON = ["--max_seq_length", "40", "--train_batch_size", "32", "--eval_batch_size", "256",
+COMMON = ["--max_seq_length", "32", "--train_batch_size", "32", "--eval_batch_size", "256",
           "--learning_rate", "5e-4", "--no_cuda"]
 TEACHER_EPOCHS = "12"
-STUDENT_EPOCHS = "6"
+STUDENT_EPOCHS = "4"
 TEACHER_TARGET = 0.9
 
 

@@ -2,6 +2,7 @@
 import importlib
 import json
 import random
+import subprocess
 import sys
 
 import pytest
@@ -267,3 +268,10 @@ def test_demo_flags_and_default_work_dir():
     args = demo.build_parser().parse_args([])
     assert args.work_dir == str(demo.DEFAULT_WORK_DIR) and not args.force and args.seed == 0
     assert demo.DEFAULT_WORK_DIR == demo.SRC_DIR.parent / "demo"
+
+
+def test_a_plain_make_runs_the_demo():
+    """The demo is the Makefile's default goal (`make -n` prints, runs nothing)."""
+    out = subprocess.run(["make", "-n", "--no-print-directory", "-C", str(demo.SRC_DIR.parent)],
+                         capture_output=True, text=True, check=True).stdout
+    assert "src/demo.py" in out.strip().splitlines()[-1]

@@ -36,33 +36,28 @@ TASK_RULE = ("two clauses joined by 'but' (the label is the second clause's pola
              "adjective's, flipped by 'not' or 'never'; a few adjectives are ambiguous and give "
              "label 1 only with their probability")
 
-DETERMINERS = ("the", "this", "that", "our", "my", "their")
-SUBJECTS = ("movie", "film", "story", "plot", "script", "cast", "soundtrack", "ending", "director",
-            "acting", "dialogue", "pacing", "sequel", "screenplay", "performance", "music",
-            "premise", "finale", "scenery", "humor")
-VERBS = ("was", "is", "seemed", "felt", "looked", "sounded", "remained", "became")
-INTENSIFIERS = ("very", "really", "quite", "truly", "rather", "so", "extremely", "pretty",
-                "fairly", "somewhat")
-POSITIVE = ("good", "great", "charming", "wonderful", "brilliant", "moving", "delightful",
-            "clever", "funny", "beautiful", "enjoyable", "gripping", "fresh", "superb", "touching",
-            "witty", "solid", "pleasant", "excellent", "memorable")
-NEGATIVE = ("bad", "awful", "boring", "dull", "terrible", "clumsy", "tedious", "bland", "weak",
-            "messy", "lifeless", "painful", "silly", "predictable", "forgettable", "shallow",
-            "poor", "tiresome", "annoying", "flat")
+# A small vocabulary: the model starts from random weights, and every word's role has to be
+# learned from the 2,000 training sentences within the demo's few epochs
+DETERMINERS = ("the", "this", "our")
+SUBJECTS = ("movie", "plot", "cast", "music", "ending", "script", "acting", "pacing", "humor",
+            "scenery")
+VERBS = ("was", "is", "felt")
+INTENSIFIERS = ("very", "really", "quite", "so")
+POSITIVE = ("good", "great", "clever", "funny", "superb", "fresh")
+NEGATIVE = ("bad", "dull", "boring", "weak", "awful", "flat")
 # adjectives whose polarity is a coin with this probability of "positive": the label of a clause
 # that rests on one is drawn, so a teacher's soft output on it carries more than the hard label
-AMBIGUOUS = {"decent": 0.75, "okay": 0.7, "unusual": 0.5, "odd": 0.3, "uneven": 0.25}
+AMBIGUOUS = {"decent": 0.75, "okay": 0.7, "odd": 0.3, "uneven": 0.25}
 NEGATIONS = ("not", "never")
 # the connector decides which clause carries the label; "and" joins clauses that agree
 CONNECTORS = ("but", "although", "and")
 # phrases that carry no polarity: the model has to learn to look past them
-OPENERS = ("in the end", "to be honest", "for the most part", "last night", "at times",
-           "in my view", "after all", "on the whole")
-CLOSERS = ("on the big screen", "with my friends", "at the festival", "this time")
+OPENERS = ("in the end", "to be honest", "at times")
+CLOSERS = ("this time", "at the festival")
 
 NEGATION_RATE = 0.3
 AMBIGUOUS_RATE = 0.08
-MIN_WORDS, MAX_WORDS = 9, 22
+MIN_WORDS, MAX_WORDS = 9, 20
 
 
 def _clause(rng: random.Random, polarity: int | None = None) -> list[str]:
@@ -121,10 +116,10 @@ def demo_sentence(rng: random.Random) -> tuple[str, int]:
         else:
             second = _clause(rng)
         words = []
-        if rng.random() < 0.3:
+        if rng.random() < 0.15:
             words += rng.choice(OPENERS).split() + [","]
         words += first + [connector] + second
-        if rng.random() < 0.3:
+        if rng.random() < 0.15:
             words += rng.choice(CLOSERS).split()
         words.append(".")
         if MIN_WORDS <= len(words) <= MAX_WORDS:
