@@ -98,14 +98,14 @@ def plan(work, data_dir, bert_dir, teacher_file, seed):
               run_file(work / "ptp", RESULTS_FILE, "PTP"), ("teacher outputs",)),
     ]
     for name, _, flags, uses_teacher, from_ptp in STUDENTS:
-        deps = ("data", "bert") + (("teacher outputs",) if uses_teacher else ())
-        start = (["--load_model_dir", str(work / "ptp" / "PTP.encoder_loss.pkl")]
-                 if from_ptp else [])
-        stages.append(Stage(name, "finetune.py",
-                            student + flags + start + (teacher_pred if uses_teacher else [])
-                            + ["--output_dir", str(work / name)],
-                            run_file(work / name, RESULTS_FILE), deps + (("PTP",) if from_ptp
-                                                                          else ())))
+        args, deps = student + flags, ["data", "bert"]
+        if uses_teacher:
+            args, deps = args + teacher_pred, deps + ["teacher outputs"]
+        if from_ptp:
+            args = args + ["--load_model_dir", str(work / "ptp" / "PTP.encoder_loss.pkl")]
+            deps.append("PTP")
+        stages.append(Stage(name, "finetune.py", args + ["--output_dir", str(work / name)],
+                            run_file(work / name, RESULTS_FILE), tuple(deps)))
     return stages
 
 
