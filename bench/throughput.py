@@ -496,9 +496,11 @@ def bench_config(name, args, device, features, amp, budget_s, clock, log):
              "hf": Theirs(theirs_model, device, amp, args.compile)}
     contexts = {}
     if args.ablate:
-        # the same model with one speed measure off; a BertAdam on the foreach path
-        impls["ours_no_onednn"] = impls["ours_mask_always"] = impls["ours"]
-        contexts["ours_no_onednn"] = lambda: switches(ONEDNN_LINEAR=False)
+        # the same model with each CPU Linear path forced, the mask skip off; a BertAdam on the
+        # foreach path
+        impls["ours_mkl"] = impls["ours_onednn"] = impls["ours_mask_always"] = impls["ours"]
+        contexts["ours_mkl"] = lambda: switches(LINEAR_PATH="mkl")
+        contexts["ours_onednn"] = lambda: switches(LINEAR_PATH="onednn")
         contexts["ours_mask_always"] = lambda: switches(SKIP_FULL_MASK=False)
         impls["ours_foreach_adam"] = Ours(ours_model, device, amp, False, fused_adam=False)
     objectives = {}
@@ -690,8 +692,8 @@ def parse_args(argv=None):
     p.add_argument("--bf16", action="store_true", help="the same as --amp bf16")
     p.add_argument("--compile", action="store_true", help="torch.compile both models")
     p.add_argument("--ablate", action="store_true",
-                   help="also time ours with each speed measure off (oneDNN linear, mask skip, "
-                        "fused BertAdam)")
+                   help="also time ours with each CPU Linear path forced (mkl, onednn) and "
+                        "each other speed measure off (mask skip, fused BertAdam)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default all)")
     p.add_argument("--clock", default="wall", choices=("wall", "cpu"),
                    help="cpu: this process's CPU time: robust to other load, with --threads 1 "
@@ -746,6 +748,7 @@ def main(argv=None):
         "threads": torch.get_num_threads(), "torch": torch.__version__,
         "transformers": transformers.__version__, "python": platform.python_version(),
         "clock": args.clock, "amp": amps, "compile": args.compile,
+        "cpu_linear": fast_linear.chosen_paths() if not cuda else None,
         "load_before": load_before,
         "notes": [
             "fixed128: random ids, 128 real tokens per row (no padding)",

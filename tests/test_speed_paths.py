@@ -1,5 +1,6 @@
 """The speed measures change no results: dynamic padding, SDPA, the mask skip, oneDNN linears and
 the fused BertAdam step agree with the plain paths (fp32, tiny models, CPU)."""
+import argparse
 import importlib.util
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,13 +24,13 @@ MAX_LEN = 128
 @contextmanager
 def plain_paths():
     """Every speed switch off, and SDPA's reference (math) kernel: the eager path."""
-    old = fast_linear.ONEDNN_LINEAR, modeling.SKIP_FULL_MASK
-    fast_linear.ONEDNN_LINEAR = modeling.SKIP_FULL_MASK = False
+    old = fast_linear.LINEAR_PATH, modeling.SKIP_FULL_MASK
+    fast_linear.LINEAR_PATH, modeling.SKIP_FULL_MASK = "mkl", False
     try:
         with sdpa_kernel(SDPBackend.MATH):
             yield
     finally:
-        fast_linear.ONEDNN_LINEAR, modeling.SKIP_FULL_MASK = old
+        fast_linear.LINEAR_PATH, modeling.SKIP_FULL_MASK = old
 
 
 def tiny_features(n=23, seed=0):
@@ -100,7 +101,11 @@ def test_batch_without_padding_drops_the_mask():
     assert (none - additive).abs().max() < 1e-6 and (ones - additive).abs().max() < 1e-6
 
 
-@pytest.mark.skipif(not fast_linear._onednn_usable(), reason="this torch build has no oneDNN linear")
+needs_onednn = pytest.mark.skipif(not fast_linear._onednn_usable(),
+                                  reason="this torch build has no oneDNN linear")
+
+
+@needs_onednn
 def test_onednn_linear_matches_f_linear_forward_and_backward():
     torch.manual_seed(3)
     x = torch.randn(4, 7, 24, requires_grad=True)
@@ -119,6 +124,123 @@ def test_onednn_linear_matches_f_linear_forward_and_backward():
     y2 = fast_linear._OneDNNLinear.apply(x2, w, None)
     (gw,) = torch.autograd.grad(y2.sum(), (w,))
     assert (gw - torch.ones(5, 40).t() @ x2).abs().max() < 1e-4
+
+
+@pytest.fixture
+def fresh_choice(monkeypatch):
+    """No path forced and no auto measurement yet, as in a new process."""
+    monkeypatch.setattr(fast_linear, "LINEAR_PATH", None)
+    monkeypatch.setattr(fast_linear, "_AUTO", {})
+    monkeypatch.delenv(fast_linear.ENV_VAR, raising=False)
+    return monkeypatch
+
+
+def fake_timings(mkl, onednn, forward_share=1 / 3):
+    """time_paths' result with the given total seconds per path, a share of them forward."""
+    def split(total):
+        rest = total * (1 - forward_share) / 2
+        return {"forward": total * forward_share, "grad_input": rest, "grad_weight": rest}
+    return {"mkl": split(mkl), "onednn": split(onednn)}
+
+
+@needs_onednn
+@pytest.mark.parametrize("path", ["onednn", "mkl"])
+def test_each_linear_path_equals_f_linear_forward_and_backward(path, fresh_choice):
+    """Forced either way (PEAKD_LINEAR), a BERT-wide Linear gives F.linear's output and grads."""
+    fresh_choice.setenv(fast_linear.ENV_VAR, path)
+    calls = []
+    apply = fast_linear._OneDNNLinear.apply
+    fresh_choice.setattr(fast_linear._OneDNNLinear, "apply",
+                         lambda *a: calls.append(1) or apply(*a))
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 9, 256, generator=g, requires_grad=True)
+    w = (torch.randn(192, 256, generator=g) / 16).requires_grad_()
+    b = torch.randn(192, generator=g, requires_grad=True)
+    y = fast_linear.linear(x, w, b)
+    ref = F.linear(x, w, b)
+    assert (y - ref).abs().max() < 1e-5
+    upstream = torch.randn(ref.shape, generator=g)
+    for got, want in zip(torch.autograd.grad(y, (x, w, b), upstream),
+                         torch.autograd.grad(ref, (x, w, b), upstream)):
+        assert (got - want).abs().max() < 1e-5
+    assert bool(calls) == (path == "onednn")
+    assert fast_linear.chosen_paths()["train"] == path
+
+
+@needs_onednn
+@pytest.mark.parametrize("model_type", ["Original", "SPS"])
+def test_tiny_model_gives_the_same_logits_and_gradients_on_both_paths(model_type, fresh_choice):
+    torch.manual_seed(8)
+    config = BertConfig(**TINY, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model = build_classifier(config, 2, model_type).train()
+    b = tiny_features(seed=8).batch(torch.arange(7))
+
+    def run(path):
+        fresh_choice.setattr(fast_linear, "LINEAR_PATH", path)
+        model.zero_grad(set_to_none=True)
+        logits = model(b["input_ids"], b["token_type_ids"], b["attention_mask"]).logits
+        F.cross_entropy(logits, b["labels"]).backward()
+        return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    (logits_d, grads_d), (logits_m, grads_m) = run("onednn"), run("mkl")
+    assert (logits_d - logits_m).abs().max() < 1e-5
+    for name in grads_m:
+        assert (grads_d[name] - grads_m[name]).abs().max() < 1e-5, name
+
+
+def test_auto_choice_is_measured_once_and_kept(fresh_choice):
+    probes = []
+    fresh_choice.setattr(fast_linear, "time_paths",
+                         lambda: probes.append(1) or fake_timings(mkl=3.0, onednn=1.0))
+    fresh_choice.setattr(fast_linear, "_onednn_usable", lambda: True)
+    fresh_choice.setattr(fast_linear, "_ONEDNN_OK", None)
+    first = fast_linear.chosen_paths()
+    for _ in range(3):
+        assert fast_linear.chosen_paths() == first
+    assert len(probes) == 1 and first["requested"] == "auto"
+    assert first["train"] == first["infer"] == "onednn"
+
+
+def test_auto_takes_onednn_only_when_it_wins_by_the_margin():
+    assert fast_linear.decide(fake_timings(mkl=2.0, onednn=1.0)) == {"train": "onednn",
+                                                                     "infer": "onednn"}
+    assert fast_linear.decide(fake_timings(mkl=1.05, onednn=1.0)) == {"train": "mkl",
+                                                                      "infer": "mkl"}
+    assert fast_linear.decide(fake_timings(mkl=1.0, onednn=2.0)) == {"train": "mkl",
+                                                                     "infer": "mkl"}
+    # forward faster in oneDNN, the gradients slower: inference and training decide apart
+    mixed = {"mkl": {"forward": 2.0, "grad_input": 1.0, "grad_weight": 1.0},
+             "onednn": {"forward": 1.0, "grad_input": 2.0, "grad_weight": 2.0}}
+    assert fast_linear.decide(mixed) == {"train": "mkl", "infer": "onednn"}
+
+
+def test_auto_sends_tiny_layers_through_f_linear(fresh_choice):
+    fresh_choice.setattr(fast_linear, "_AUTO", {"train": "onednn", "infer": "onednn"})
+    fresh_choice.setattr(fast_linear, "_ONEDNN_OK", True)
+    fresh_choice.setattr(fast_linear._OneDNNLinear, "apply", None)  # would fail if called
+    x, w = torch.randn(3, 32), torch.randn(37, 32)
+    assert torch.equal(fast_linear.linear(x, w), F.linear(x, w))
+
+
+@needs_onednn
+def test_the_probe_measures_every_op_of_both_paths_without_touching_the_global_stream():
+    threads = torch.get_num_threads()
+    state = torch.get_rng_state()
+    best = fast_linear.time_paths(shape=(16, 32, 24), rounds=1)
+    assert torch.equal(torch.get_rng_state(), state) and torch.get_num_threads() == threads
+    assert set(best) == {"mkl", "onednn"}
+    assert all(set(t) == {"forward", "grad_input", "grad_weight"} for t in best.values())
+    assert all(0 < s < 1 for t in best.values() for s in t.values())
+
+
+def test_a_bad_linear_path_is_a_one_line_error(fresh_choice):
+    from utils.errors import PeakdError
+    from utils.train import pick_device
+    fresh_choice.setenv(fast_linear.ENV_VAR, "blas")
+    with pytest.raises(ValueError, match="PEAKD_LINEAR=blas: use one of auto, onednn, mkl"):
+        fast_linear.linear(torch.randn(2, 4), torch.randn(3, 4))
+    with pytest.raises(PeakdError, match="PEAKD_LINEAR=blas"):
+        pick_device(argparse.Namespace(no_cuda=True))
 
 
 def test_linear_falls_back_outside_fp32_cpu():

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from BERT.pytorch_pretrained_bert import BertAdam, count_parameters
+from BERT.pytorch_pretrained_bert.linear import requested_path as requested_linear_path
 
 from . import parallel
 from .checkpoints import atomic_torch_save, safe_torch_load, save_model_checkpoint, write_json
@@ -47,7 +48,15 @@ def set_seed(seed):
 
 
 def pick_device(args):
-    """This process's GPU (under torchrun the one of its LOCAL_RANK), or the CPU."""
+    """This process's GPU (under torchrun the one of its LOCAL_RANK), or the CPU.
+
+    Also checks $PEAKD_LINEAR (the CPU Linear path) here, before any work, so that a bad value
+    is a one-line error rather than a traceback from the first forward.
+    """
+    try:
+        requested_linear_path()
+    except ValueError as e:
+        raise PeakdError(str(e)) from None
     if torch.cuda.is_available() and not args.no_cuda:
         return torch.device("cuda", parallel.local_rank())
     return torch.device("cpu")

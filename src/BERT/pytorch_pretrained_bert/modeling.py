@@ -9,8 +9,9 @@ always returns the same named tuple.
 
 Speed (measured by `bench/throughput.py`, see `bench/README.md`): on the CPU, the encoder's fp32
 Linear layers run their three matrix multiplies (forward, input and weight gradient) through
-oneDNN, about twice as fast as the default BLAS (MKL) on this project's AMD CPU; the attention
-mask is dropped when a CPU batch has no padding. Each switch below turns one of these off.
+oneDNN or MKL, whichever a once-per-process probe finds faster on the CPU at hand (linear.py,
+`PEAKD_LINEAR`); the attention mask is dropped when a CPU batch has no padding. The switches
+below turn these off.
 """
 import copy
 import json
@@ -25,7 +26,7 @@ from .linear import Linear
 from .serialization import load_state_dict_file
 
 # Speed switch (module-level so that a benchmark can measure it; results agree within 1e-5);
-# linear.ONEDNN_LINEAR is the other one.
+# linear.LINEAR_PATH is the other one.
 SKIP_FULL_MASK = True     # no attention mask for a CPU batch without padding
 
 CONFIG_NAMES = ("config.json", "bert_config.json")
