@@ -61,7 +61,8 @@ def run(args):
     entries = {}
     for split, (examples, features) in data.items():
         out = collect_outputs(model, features, args.eval_batch_size, device,
-                              autocast(args, device), args.pad_to_max_length, layers)
+                              autocast(args, device), args.pad_to_max_length, layers,
+                              args.pad_to_multiple_of)
         metrics = {}
         if features.labels is not None:
             metrics = score(task, out["logits"], features.labels)

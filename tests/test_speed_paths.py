@@ -1,6 +1,7 @@
 """The speed measures change no results: dynamic padding, SDPA, the mask skip, oneDNN linears and
 the fused BertAdam step agree with the plain paths (fp32, tiny models, CPU)."""
 import argparse
+import contextlib
 import importlib.util
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,7 +14,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 import BERT.pytorch_pretrained_bert.linear as fast_linear
 import BERT.pytorch_pretrained_bert.modeling as modeling
 from BERT.pytorch_pretrained_bert import BertAdam, BertConfig
+from utils.errors import PeakdError
 from utils.features import Features, eval_batches, train_batches
+from utils.train import collect_outputs, pad_multiple
 from utils.modeling import build_classifier
 
 TINY = dict(vocab_size_or_config_json_file=99, hidden_size=32, num_hidden_layers=2,
@@ -86,6 +89,94 @@ def test_training_gradients_equal_plain_paths(model_type):
     assert abs(loss - ref_loss) < 1e-5
     for name in ref:
         assert (fast[name] - ref[name]).abs().max() < 1e-5, name
+
+
+@pytest.mark.parametrize("model_type", ["Original", "SPS"])
+@pytest.mark.parametrize("multiple", [8, 16])
+def test_padding_to_a_multiple_gives_the_same_logits(model_type, multiple):
+    """CUDA's default (lengths rounded up to a multiple) against today's CPU path (each batch
+    at its own length): the masked extra columns change no logit beyond 1e-5 (fp32, CPU)."""
+    torch.manual_seed(9)
+    model = build_classifier(BertConfig(**TINY), 2, model_type).eval()
+    features = tiny_features(seed=9)
+    cpu = torch.device("cpu")
+    own = collect_outputs(model, features, 5, cpu, contextlib.nullcontext())
+    padded = collect_outputs(model, features, 5, cpu, contextlib.nullcontext(),
+                             multiple=multiple)
+    widths = {features.batch(i, multiple=multiple)["input_ids"].shape[1]
+              for i in eval_batches(features.lengths, 5)}
+    assert all(w % multiple == 0 or w == MAX_LEN for w in widths) and len(widths) > 1
+    for name in ("logits", "pooled"):
+        assert (own[name] - padded[name]).abs().max() < 1e-5
+
+
+def test_padded_training_batch_gives_the_same_loss_and_gradients():
+    torch.manual_seed(10)
+    config = BertConfig(**TINY, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model = build_classifier(config, 2, "SPS").train()
+    features = tiny_features(seed=10)
+    index = train_batches(len(features), 8, torch.Generator().manual_seed(0))[0]
+
+    def grads(batch):
+        model.zero_grad(set_to_none=True)
+        out = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+        loss = F.cross_entropy(out.logits, batch["labels"])
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    own, padded = features.batch(index), features.batch(index, multiple=16)
+    assert padded["input_ids"].shape[1] > own["input_ids"].shape[1]
+    (loss, ref), (loss16, got) = grads(own), grads(padded)
+    assert abs(loss - loss16) < 1e-5
+    for name in ref:
+        assert (got[name] - ref[name]).abs().max() < 1e-5, name
+
+
+def test_batch_width_rounds_up_to_the_multiple_and_stops_at_max_length():
+    features = tiny_features()
+    longest = int(features.lengths[:4].max())
+    index = torch.arange(4)
+    assert features.batch(index)["input_ids"].shape[1] == longest
+    assert features.batch(index, multiple=8)["input_ids"].shape[1] == -(-longest // 8) * 8
+    assert features.batch(index, multiple=200)["input_ids"].shape[1] == MAX_LEN
+    assert features.batch(index, pad_to_max=True, multiple=8)["input_ids"].shape[1] == MAX_LEN
+    b = features.batch(index, multiple=16)
+    assert (b["attention_mask"].sum(1) == features.lengths[index]).all()
+
+
+def test_pad_multiple_defaults_per_device_and_checks_the_flag():
+    assert pad_multiple(None, torch.device("cpu")) == 1  # the CPU path stays as it was
+    assert pad_multiple(None, torch.device("cuda")) == 8
+    assert pad_multiple(4, torch.device("cpu")) == 4
+    with pytest.raises(PeakdError, match="--pad_to_multiple_of 0 must be >= 1"):
+        pad_multiple(0, torch.device("cuda"))
+
+
+def test_cuda_attention_leaves_cudnn_out_and_cpu_keeps_torch_choice():
+    flags = (torch.backends.cuda.cudnn_sdp_enabled, torch.backends.cuda.flash_sdp_enabled,
+             torch.backends.cuda.mem_efficient_sdp_enabled, torch.backends.cuda.math_sdp_enabled)
+    before = [f() for f in flags]
+    with modeling.attention_kernels(torch.device("cuda")):
+        assert [f() for f in flags] == [False, True, True, True]
+    assert [f() for f in flags] == before
+    with modeling.attention_kernels(torch.device("cpu")):
+        assert [f() for f in flags] == before
+
+
+def test_teacher_outputs_with_padding_to_a_multiple_equal_the_default(tiny, mrpc_teacher,
+                                                                      tmp_path):
+    """--pad_to_multiple_of reaches the scripts' evaluation: the same teacher file within 1e-5."""
+    from helpers import load_script
+    file = load_script("save_teacher_outputs").main(
+        ["--task", "MRPC", "--data_dir", str(tiny.data), "--teacher_dir", str(mrpc_teacher.run),
+         "--output_dir", str(tmp_path), "--no_cuda", "--pad_to_multiple_of", "16"])
+    got, want = (torch.load(f, weights_only=True)["splits"] for f in (file, mrpc_teacher.file))
+    assert set(got) == set(want)
+    for split in want:
+        for key in ("logits", "pooled", "layer_cls"):
+            assert (got[split][key].float() - want[split][key].float()).abs().max() < 1e-3 \
+                if key == "layer_cls" else \
+                (got[split][key] - want[split][key]).abs().max() < 1e-5, (split, key)
 
 
 def test_batch_without_padding_drops_the_mask():
@@ -234,7 +325,6 @@ def test_the_probe_measures_every_op_of_both_paths_without_touching_the_global_s
 
 
 def test_a_bad_linear_path_is_a_one_line_error(fresh_choice):
-    from utils.errors import PeakdError
     from utils.train import pick_device
     fresh_choice.setenv(fast_linear.ENV_VAR, "blas")
     with pytest.raises(ValueError, match="PEAKD_LINEAR=blas: use one of auto, onednn, mkl"):
