@@ -4,7 +4,7 @@ torch.profiler, next to the matrix-multiply rate the same thread count reaches i
     .venv/bin/python bench/profile_step.py --layers 3 --batch 32 --threads 1
 
 Prints the Linear path (`--linear`, default auto as PEAKD_LINEAR), the operators by self time,
-then: the step's model FLOP/s (matmul FLOPs as bench/throughput.py counts them) as a share of
+then: the step's model FLOP/s (matmul FLOPs as bench/speed/peak.py counts them) as a share of
 the measured fp32 peak (the better of torch.mm and oneDNN: the MFU), the Linear layers' own rate
 inside the step, and the rate of the same Linear GEMM shapes run alone on that path. The gap
 between the last two and the MFU is what the non-matmul work (dropout, GELU, LayerNorm, softmax,
@@ -18,14 +18,18 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+import torch.nn.functional as F
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import throughput as T  # noqa: E402  (the benchmark's model, batch, step and FLOP count)
-
-import torch.nn.functional as F  # noqa: E402
-
+import speed  # noqa: E402,F401  (puts src/ on sys.path)
 import BERT.pytorch_pretrained_bert.linear as fast_linear  # noqa: E402
 from BERT.pytorch_pretrained_bert import BertConfig  # noqa: E402
 from BERT.pytorch_pretrained_bert.modeling import BertForSequenceClassification  # noqa: E402
+# the benchmark's model step, batch, FLOP count and peak
+from speed.machine import Clock  # noqa: E402
+from speed.peak import forward_flops, matmul_peak  # noqa: E402
+from speed.runners import Ours  # noqa: E402
+from speed.workloads import FIXED_LEN, fixed_batch  # noqa: E402
 
 # the profiler's names of a Linear layer's GEMMs on each path (attention runs aten::bmm)
 LINEAR_OPS = {"onednn": ("mkldnn::_linear_pointwise",), "mkl": ("aten::addmm", "aten::mm")}
@@ -48,7 +52,7 @@ def build_parser():
 
 
 def gemm_rate(m, k, n, path, reps=5):
-    """Best FLOP/s of the Linear kernel of `path` on (m, k) x (n, k)^T (bench/throughput.py's
+    """Best FLOP/s of the Linear kernel of `path` on (m, k) x (n, k)^T (bench/speed/peak.py's
     matmul_peak times square shapes only)."""
     a, w = torch.randn(m, k), torch.randn(n, k)
     best = 0.0
@@ -85,9 +89,9 @@ def main(argv=None):
     config = BertConfig(30522, hidden_size=args.hidden, num_hidden_layers=args.layers,
                         num_attention_heads=args.hidden // 64, intermediate_size=4 * args.hidden)
     torch.manual_seed(0)
-    ours = T.Ours(BertForSequenceClassification(config, num_labels=2).train(),
+    ours = Ours(BertForSequenceClassification(config, num_labels=2).train(),
                   torch.device("cpu"), "fp32", args.compile)
-    batch = T.fixed_batch(args.batch, config.vocab_size, seed=0)
+    batch = fixed_batch(args.batch, config.vocab_size, seed=0)
     for _ in range(2 if args.compile else 1):  # compiling: the second step settles recompiles
         ours.train_step(batch)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -98,8 +102,8 @@ def main(argv=None):
     start = time.perf_counter()
     ours.train_step(batch)
     step = time.perf_counter() - start
-    model_flops = 3 * T.forward_flops(config, args.layers, T.FIXED_LEN) * args.batch
-    h, i, tokens = config.hidden_size, config.intermediate_size, args.batch * T.FIXED_LEN
+    model_flops = 3 * forward_flops(config, args.layers, FIXED_LEN) * args.batch
+    h, i, tokens = config.hidden_size, config.intermediate_size, args.batch * FIXED_LEN
     linear_flops = 3 * args.layers * tokens * 2 * (4 * h * h + 2 * h * i)
     if args.linear == "auto" and args.hidden ** 2 < fast_linear.SMALL_WEIGHT:
         path = "mkl"
@@ -109,7 +113,7 @@ def main(argv=None):
     # the peak as make bench measures it (the better of torch.mm and oneDNN, square), at two
     # sizes
     cpu = torch.device("cpu")
-    peak = max(T.matmul_peak(cpu, torch.float32, n, reps, T.Clock("wall", cpu),
+    peak = max(matmul_peak(cpu, torch.float32, n, reps, Clock("wall", cpu),
                              onednn=onednn)["flops_best"]
                for n, reps in ((args.peak_size // 2, 5), (args.peak_size, 2))
                for onednn in (False, True))

@@ -3,6 +3,7 @@ the fused BertAdam step agree with the plain paths (fp32, tiny models, CPU)."""
 import argparse
 import contextlib
 import importlib.util
+from unittest import mock
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -367,6 +368,7 @@ def test_fused_bert_adam_equals_foreach(max_grad_norm):
 
 
 def _load_bench():
+    """bench/throughput.py, imported by path (it puts bench/ and so bench/speed on sys.path)."""
     path = Path(__file__).resolve().parents[1] / "bench" / "throughput.py"
     spec = importlib.util.spec_from_file_location("bench_throughput", path)
     module = importlib.util.module_from_spec(spec)
@@ -376,10 +378,11 @@ def _load_bench():
 
 def test_benchmark_sps_twin_in_transformers_is_our_sps_model():
     pytest.importorskip("transformers")
-    bench = _load_bench()
+    _load_bench()
+    from speed.runners import hf_twin
     torch.manual_seed(6)
     ours = build_classifier(BertConfig(**TINY), 2, "SPS").eval()
-    theirs = bench.hf_twin(ours, "SPS", 2).eval()
+    theirs = hf_twin(ours, "SPS", 2).eval()
     assert sum(p.numel() for p in theirs.parameters()) == sum(p.numel() for p in ours.parameters())
     features = tiny_features(seed=6)
     b = features.batch(torch.arange(6))
@@ -392,17 +395,56 @@ def test_benchmark_sps_twin_in_transformers_is_our_sps_model():
 
 def test_benchmark_helpers():
     bench = _load_bench()
+    from speed.machine import LoadMeter
+    from speed.measure import _swap_pairs, measurement_list
+    from speed.peak import forward_flops
     base = BertConfig(30522)
     # BERT-base forward at 128 tokens: ~2 * 85M weights * 128 + attention = 22.3 GFLOP
-    assert bench.forward_flops(base, 12, 128) == pytest.approx(22.3e9, rel=0.01)
-    args = bench.parse_args(["--quick", "--configs", "student3"])
-    assert args.quick and args.configs == "student3"
-    steps = bench.measurement_list(["ours", "hf"], kd=True)
+    assert forward_flops(base, 12, 128) == pytest.approx(22.3e9, rel=0.01)
+    args = bench.build_parser().parse_args(["--quick", "--configs", "student3", "--batch", "4"])
+    assert args.quick and args.configs == "student3" and args.batch == 4
+    steps = measurement_list(["ours", "hf"], kd=True)
     assert ("train", "mrpc", "hf", "default", None) in steps
     assert ("train", "mrpc", "ours", "dynamic", "pkd") in steps
-    assert sorted(bench._swap_pairs(steps), key=str) == sorted(steps, key=str)
-    load = bench.LoadMeter().foreign()
+    assert sorted(_swap_pairs(steps), key=str) == sorted(steps, key=str)
+    load = LoadMeter().foreign()
     assert load is None or 0.0 <= load <= 1.0
+
+
+def test_benchmark_workloads_pad_as_the_scripts_do():
+    """On CUDA the MRPC batches are rounded up to the scripts' multiple; on the CPU not."""
+    _load_bench()
+    from speed.workloads import make_workloads
+    features = tiny_features(n=40, seed=11)
+    plan = {"train_batch": 8, "infer_batch": 8, "k_train": 2, "k_infer": 3}
+    config = BertConfig(**{**TINY, "vocab_size_or_config_json_file": 2000})
+    for device, multiple in (("cpu", 1), ("cuda", 8)):
+        # the batches are built on the CPU; `stage` only moves them, so stub the move
+        with mock.patch.object(torch.Tensor, "to", lambda t, *a, **k: t):
+            work = make_workloads(features, config, plan, torch.device(device))
+        for mode in ("train", "infer"):
+            widths = [b["input_ids"].shape[1] for b in work[(mode, "mrpc")]["dynamic"]]
+            longest = [int(b["attention_mask"].sum(1).max()) for b in
+                       work[(mode, "mrpc")]["dynamic"]]
+            assert widths == [-(-n // multiple) * multiple for n in longest]
+
+
+def test_benchmark_scripts_command_runs_the_users_path(tiny):
+    bench = _load_bench()
+    from speed.scripts import script_command, summarize
+    args = bench.build_parser().parse_args(["--quick", "--bert_model", str(tiny.bert),
+                                            "--glue_dir", str(tiny.data)])
+    cpu = script_command(args, "fp32", "/tmp/x", cuda=False)
+    assert cpu[1].endswith("src/finetune.py") and "--no_cuda" in cpu
+    assert cpu[cpu.index("--max_steps") + 1] == "2"
+    assert cpu[cpu.index("--student_hidden_layers") + 1] == "4"  # the tiny BERT's depth
+    gpu = script_command(args, "fp16", "/tmp/x", cuda=True)
+    assert "--fp16" in gpu and "--no_cuda" not in gpu and "--max_steps" not in gpu
+    fig = summarize({"wall_seconds": 10.0, "returncode": 0},
+                    {"train_samples_per_second": 100.0, "inference_samples_per_second": 400.0,
+                     "best_acc": {"acc": 0.75}, "optimizer_steps": 5, "train_seconds": 4.0,
+                     "eval_seconds": 1.0})
+    assert fig["other_seconds"] == 5.0 and fig["other_share"] == 0.5 and fig["dev_acc"] == 0.75
 
 
 def test_profile_step_reports_mfu_and_linear_share(capsys):
