@@ -6,7 +6,7 @@ Which library is faster depends on the CPU, so the choice is made where the prog
   fast as the MKL path F.linear takes, for the forward and both gradients;
 * on an AVX2-only AMD EPYC (family 25, model 1) it is the other way round: single-thread CPU
   time of BERT-wide Linear GEMMs (M = 256..4096 tokens, 768 <-> 3072) gave MKL 60-82 GFLOP/s
-  forward and 52-82 for the gradients, oneDNN 55-69 forward, 31-67 input and 28-57 weight
+  forward and 52-82 for the gradients, oneDNN 55-69 forward, 31-57 input and 28-56 weight
   gradient (bench/README.md).
 
 `PEAKD_LINEAR` (environment) or `LINEAR_PATH` (this module, for benchmarks and tests) picks:
