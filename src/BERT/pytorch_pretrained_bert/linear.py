@@ -15,11 +15,10 @@ Which library is faster depends on the CPU, so the choice is made where the prog
   BERT-wide layer (PROBE_SHAPE; forward, input and weight gradient; 0.17-0.30 s on the busy
   2-core machine, see `time_paths`) and keeps the faster for training (all three) and for
   inference (forward only); oneDNN must win by MARGIN, so where the two are close F.linear
-  stays. A CPU of the other
-  kind cannot be simulated here (no AVX-512 on the AVX2 machine), so the choice is measured
-  rather than decided by a rule about instruction sets. Layers smaller than SMALL_WEIGHT
-  (tiny test models) always take F.linear: there the Python autograd.Function costs more than
-  the GEMM.
+  stays. A CPU of the other kind cannot be simulated here (no AVX-512 on the AVX2 machine), so
+  the choice is measured rather than decided by a rule about instruction sets. Layers smaller
+  than SMALL_WEIGHT (tiny test models) always take F.linear: there the Python
+  autograd.Function costs more than the GEMM (32 x 32 weights: oneDNN 5-54 GFLOP/s, MKL 21-65).
 * `onednn`: every fp32 CPU Linear through oneDNN; `mkl`: every Linear through F.linear (torch's
   BLAS, MKL on x86 builds).
 
