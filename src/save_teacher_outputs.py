@@ -43,7 +43,7 @@ def run(args):
     task = get_task(args.task)
     teacher_dir = task_output_dir(task.name, args.teacher_dir)
     folder = task_output_dir(task.name, args.output_dir) if args.output_dir else None
-    check_positive(args, ("eval_batch_size", "max_seq_length"))
+    check_positive(args, ("eval_batch_size", "max_seq_length", "pad_to_multiple_of"))
     check_dir(teacher_dir, "--teacher_dir", "pass the output folder of a finetune.py run")
     check_data_dir(args.data_dir, task)
     model, config, run_args, run_task = load_trained_run(teacher_dir, args.teacher_criterion)
@@ -66,7 +66,8 @@ def run(args):
     entries = {}
     for split, (examples, features) in data.items():
         out = collect_outputs(model, features, args.eval_batch_size, device,
-                              autocast(args, device), args.pad_to_max_length, layers)
+                              autocast(args, device), args.pad_to_max_length, layers,
+                              args.pad_to_multiple_of)
         metrics = {}
         if features.labels is not None:
             metrics = score(task, out["logits"], features.labels)

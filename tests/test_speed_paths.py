@@ -1,6 +1,9 @@
 """The speed measures change no results: dynamic padding, SDPA, the mask skip, oneDNN linears and
 the fused BertAdam step agree with the plain paths (fp32, tiny models, CPU)."""
+import argparse
+import contextlib
 import importlib.util
+from unittest import mock
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -12,7 +15,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 import BERT.pytorch_pretrained_bert.linear as fast_linear
 import BERT.pytorch_pretrained_bert.modeling as modeling
 from BERT.pytorch_pretrained_bert import BertAdam, BertConfig
+from utils.errors import PeakdError
 from utils.features import Features, eval_batches, train_batches
+from utils.train import collect_outputs, pad_multiple
 from utils.modeling import build_classifier
 
 TINY = dict(vocab_size_or_config_json_file=99, hidden_size=32, num_hidden_layers=2,
@@ -23,13 +28,13 @@ MAX_LEN = 128
 @contextmanager
 def plain_paths():
     """Every speed switch off, and SDPA's reference (math) kernel: the eager path."""
-    old = fast_linear.ONEDNN_LINEAR, modeling.SKIP_FULL_MASK
-    fast_linear.ONEDNN_LINEAR = modeling.SKIP_FULL_MASK = False
+    old = fast_linear.LINEAR_PATH, modeling.SKIP_FULL_MASK
+    fast_linear.LINEAR_PATH, modeling.SKIP_FULL_MASK = "mkl", False
     try:
         with sdpa_kernel(SDPBackend.MATH):
             yield
     finally:
-        fast_linear.ONEDNN_LINEAR, modeling.SKIP_FULL_MASK = old
+        fast_linear.LINEAR_PATH, modeling.SKIP_FULL_MASK = old
 
 
 def tiny_features(n=23, seed=0):
@@ -87,6 +92,94 @@ def test_training_gradients_equal_plain_paths(model_type):
         assert (fast[name] - ref[name]).abs().max() < 1e-5, name
 
 
+@pytest.mark.parametrize("model_type", ["Original", "SPS"])
+@pytest.mark.parametrize("multiple", [8, 16])
+def test_padding_to_a_multiple_gives_the_same_logits(model_type, multiple):
+    """CUDA's default (lengths rounded up to a multiple) against today's CPU path (each batch
+    at its own length): the masked extra columns change no logit beyond 1e-5 (fp32, CPU)."""
+    torch.manual_seed(9)
+    model = build_classifier(BertConfig(**TINY), 2, model_type).eval()
+    features = tiny_features(seed=9)
+    cpu = torch.device("cpu")
+    own = collect_outputs(model, features, 5, cpu, contextlib.nullcontext())
+    padded = collect_outputs(model, features, 5, cpu, contextlib.nullcontext(),
+                             multiple=multiple)
+    widths = {features.batch(i, multiple=multiple)["input_ids"].shape[1]
+              for i in eval_batches(features.lengths, 5)}
+    assert all(w % multiple == 0 or w == MAX_LEN for w in widths) and len(widths) > 1
+    for name in ("logits", "pooled"):
+        assert (own[name] - padded[name]).abs().max() < 1e-5
+
+
+def test_padded_training_batch_gives_the_same_loss_and_gradients():
+    torch.manual_seed(10)
+    config = BertConfig(**TINY, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model = build_classifier(config, 2, "SPS").train()
+    features = tiny_features(seed=10)
+    index = train_batches(len(features), 8, torch.Generator().manual_seed(0))[0]
+
+    def grads(batch):
+        model.zero_grad(set_to_none=True)
+        out = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+        loss = F.cross_entropy(out.logits, batch["labels"])
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    own, padded = features.batch(index), features.batch(index, multiple=16)
+    assert padded["input_ids"].shape[1] > own["input_ids"].shape[1]
+    (loss, ref), (loss16, got) = grads(own), grads(padded)
+    assert abs(loss - loss16) < 1e-5
+    for name in ref:
+        assert (got[name] - ref[name]).abs().max() < 1e-5, name
+
+
+def test_batch_width_rounds_up_to_the_multiple_and_stops_at_max_length():
+    features = tiny_features()
+    longest = int(features.lengths[:4].max())
+    index = torch.arange(4)
+    assert features.batch(index)["input_ids"].shape[1] == longest
+    assert features.batch(index, multiple=8)["input_ids"].shape[1] == -(-longest // 8) * 8
+    assert features.batch(index, multiple=200)["input_ids"].shape[1] == MAX_LEN
+    assert features.batch(index, pad_to_max=True, multiple=8)["input_ids"].shape[1] == MAX_LEN
+    b = features.batch(index, multiple=16)
+    assert (b["attention_mask"].sum(1) == features.lengths[index]).all()
+
+
+def test_pad_multiple_defaults_per_device_and_checks_the_flag():
+    assert pad_multiple(None, torch.device("cpu")) == 1  # the CPU path stays as it was
+    assert pad_multiple(None, torch.device("cuda")) == 8
+    assert pad_multiple(4, torch.device("cpu")) == 4
+    with pytest.raises(PeakdError, match="--pad_to_multiple_of 0 must be >= 1"):
+        pad_multiple(0, torch.device("cuda"))
+
+
+def test_cuda_attention_leaves_cudnn_out_and_cpu_keeps_torch_choice():
+    flags = (torch.backends.cuda.cudnn_sdp_enabled, torch.backends.cuda.flash_sdp_enabled,
+             torch.backends.cuda.mem_efficient_sdp_enabled, torch.backends.cuda.math_sdp_enabled)
+    before = [f() for f in flags]
+    with modeling.attention_kernels(torch.device("cuda")):
+        assert [f() for f in flags] == [False, True, True, True]
+    assert [f() for f in flags] == before
+    with modeling.attention_kernels(torch.device("cpu")):
+        assert [f() for f in flags] == before
+
+
+def test_teacher_outputs_with_padding_to_a_multiple_equal_the_default(tiny, mrpc_teacher,
+                                                                      tmp_path):
+    """--pad_to_multiple_of reaches the scripts' evaluation: the same teacher file within 1e-5."""
+    from helpers import load_script
+    file = load_script("save_teacher_outputs").main(
+        ["--task", "MRPC", "--data_dir", str(tiny.data), "--teacher_dir", str(mrpc_teacher.run),
+         "--output_dir", str(tmp_path), "--no_cuda", "--pad_to_multiple_of", "16"])
+    got, want = (torch.load(f, weights_only=True)["splits"] for f in (file, mrpc_teacher.file))
+    assert set(got) == set(want)
+    for split in want:
+        for key in ("logits", "pooled", "layer_cls"):
+            assert (got[split][key].float() - want[split][key].float()).abs().max() < 1e-3 \
+                if key == "layer_cls" else \
+                (got[split][key] - want[split][key]).abs().max() < 1e-5, (split, key)
+
+
 def test_batch_without_padding_drops_the_mask():
     torch.manual_seed(2)
     model = build_classifier(BertConfig(**TINY), 2, "SPS").eval()
@@ -100,7 +193,11 @@ def test_batch_without_padding_drops_the_mask():
     assert (none - additive).abs().max() < 1e-6 and (ones - additive).abs().max() < 1e-6
 
 
-@pytest.mark.skipif(not fast_linear._onednn_usable(), reason="this torch build has no oneDNN linear")
+needs_onednn = pytest.mark.skipif(not fast_linear._onednn_usable(),
+                                  reason="this torch build has no oneDNN linear")
+
+
+@needs_onednn
 def test_onednn_linear_matches_f_linear_forward_and_backward():
     torch.manual_seed(3)
     x = torch.randn(4, 7, 24, requires_grad=True)
@@ -119,6 +216,122 @@ def test_onednn_linear_matches_f_linear_forward_and_backward():
     y2 = fast_linear._OneDNNLinear.apply(x2, w, None)
     (gw,) = torch.autograd.grad(y2.sum(), (w,))
     assert (gw - torch.ones(5, 40).t() @ x2).abs().max() < 1e-4
+
+
+@pytest.fixture
+def fresh_choice(monkeypatch):
+    """No path forced and no auto measurement yet, as in a new process."""
+    monkeypatch.setattr(fast_linear, "LINEAR_PATH", None)
+    monkeypatch.setattr(fast_linear, "_AUTO", {})
+    monkeypatch.delenv(fast_linear.ENV_VAR, raising=False)
+    return monkeypatch
+
+
+def fake_timings(mkl, onednn, forward_share=1 / 3):
+    """time_paths' result with the given total seconds per path, a share of them forward."""
+    def split(total):
+        rest = total * (1 - forward_share) / 2
+        return {"forward": total * forward_share, "grad_input": rest, "grad_weight": rest}
+    return {"mkl": split(mkl), "onednn": split(onednn)}
+
+
+@needs_onednn
+@pytest.mark.parametrize("path", ["onednn", "mkl"])
+def test_each_linear_path_equals_f_linear_forward_and_backward(path, fresh_choice):
+    """Forced either way (PEAKD_LINEAR), a BERT-wide Linear gives F.linear's output and grads."""
+    fresh_choice.setenv(fast_linear.ENV_VAR, path)
+    calls = []
+    apply = fast_linear._OneDNNLinear.apply
+    fresh_choice.setattr(fast_linear._OneDNNLinear, "apply",
+                         lambda *a: calls.append(1) or apply(*a))
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 9, 256, generator=g, requires_grad=True)
+    w = (torch.randn(192, 256, generator=g) / 16).requires_grad_()
+    b = torch.randn(192, generator=g, requires_grad=True)
+    y = fast_linear.linear(x, w, b)
+    ref = F.linear(x, w, b)
+    assert (y - ref).abs().max() < 1e-5
+    upstream = torch.randn(ref.shape, generator=g)
+    for got, want in zip(torch.autograd.grad(y, (x, w, b), upstream),
+                         torch.autograd.grad(ref, (x, w, b), upstream)):
+        assert (got - want).abs().max() < 1e-5
+    assert bool(calls) == (path == "onednn")
+    assert fast_linear.chosen_paths()["train"] == path
+
+
+@needs_onednn
+@pytest.mark.parametrize("model_type", ["Original", "SPS"])
+def test_tiny_model_gives_the_same_logits_and_gradients_on_both_paths(model_type, fresh_choice):
+    torch.manual_seed(8)
+    config = BertConfig(**TINY, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model = build_classifier(config, 2, model_type).train()
+    b = tiny_features(seed=8).batch(torch.arange(7))
+
+    def run(path):
+        fresh_choice.setattr(fast_linear, "LINEAR_PATH", path)
+        model.zero_grad(set_to_none=True)
+        logits = model(b["input_ids"], b["token_type_ids"], b["attention_mask"]).logits
+        F.cross_entropy(logits, b["labels"]).backward()
+        return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    (logits_d, grads_d), (logits_m, grads_m) = run("onednn"), run("mkl")
+    assert (logits_d - logits_m).abs().max() < 1e-5
+    for name in grads_m:
+        assert (grads_d[name] - grads_m[name]).abs().max() < 1e-5, name
+
+
+def test_auto_choice_is_measured_once_and_kept(fresh_choice):
+    probes = []
+    fresh_choice.setattr(fast_linear, "time_paths",
+                         lambda: probes.append(1) or fake_timings(mkl=3.0, onednn=1.0))
+    fresh_choice.setattr(fast_linear, "_onednn_usable", lambda: True)
+    fresh_choice.setattr(fast_linear, "_ONEDNN_OK", None)
+    first = fast_linear.chosen_paths()
+    for _ in range(3):
+        assert fast_linear.chosen_paths() == first
+    assert len(probes) == 1 and first["requested"] == "auto"
+    assert first["train"] == first["infer"] == "onednn"
+
+
+def test_auto_takes_onednn_only_when_it_wins_by_the_margin():
+    assert fast_linear.decide(fake_timings(mkl=2.0, onednn=1.0)) == {"train": "onednn",
+                                                                     "infer": "onednn"}
+    assert fast_linear.decide(fake_timings(mkl=1.05, onednn=1.0)) == {"train": "mkl",
+                                                                      "infer": "mkl"}
+    assert fast_linear.decide(fake_timings(mkl=1.0, onednn=2.0)) == {"train": "mkl",
+                                                                     "infer": "mkl"}
+    # forward faster in oneDNN, the gradients slower: inference and training decide apart
+    mixed = {"mkl": {"forward": 2.0, "grad_input": 1.0, "grad_weight": 1.0},
+             "onednn": {"forward": 1.0, "grad_input": 2.0, "grad_weight": 2.0}}
+    assert fast_linear.decide(mixed) == {"train": "mkl", "infer": "onednn"}
+
+
+def test_auto_sends_tiny_layers_through_f_linear(fresh_choice):
+    fresh_choice.setattr(fast_linear, "_AUTO", {"train": "onednn", "infer": "onednn"})
+    fresh_choice.setattr(fast_linear, "_ONEDNN_OK", True)
+    fresh_choice.setattr(fast_linear._OneDNNLinear, "apply", None)  # would fail if called
+    x, w = torch.randn(3, 32), torch.randn(37, 32)
+    assert torch.equal(fast_linear.linear(x, w), F.linear(x, w))
+
+
+@needs_onednn
+def test_the_probe_measures_every_op_of_both_paths_without_touching_the_global_stream():
+    threads = torch.get_num_threads()
+    state = torch.get_rng_state()
+    best = fast_linear.time_paths(shape=(16, 32, 24), rounds=1)
+    assert torch.equal(torch.get_rng_state(), state) and torch.get_num_threads() == threads
+    assert set(best) == {"mkl", "onednn"}
+    assert all(set(t) == {"forward", "grad_input", "grad_weight"} for t in best.values())
+    assert all(0 < s < 1 for t in best.values() for s in t.values())
+
+
+def test_a_bad_linear_path_is_a_one_line_error(fresh_choice):
+    from utils.train import pick_device
+    fresh_choice.setenv(fast_linear.ENV_VAR, "blas")
+    with pytest.raises(ValueError, match="PEAKD_LINEAR=blas: use one of auto, onednn, mkl"):
+        fast_linear.linear(torch.randn(2, 4), torch.randn(3, 4))
+    with pytest.raises(PeakdError, match="PEAKD_LINEAR=blas"):
+        pick_device(argparse.Namespace(no_cuda=True))
 
 
 def test_linear_falls_back_outside_fp32_cpu():
@@ -155,6 +368,7 @@ def test_fused_bert_adam_equals_foreach(max_grad_norm):
 
 
 def _load_bench():
+    """bench/throughput.py, imported by path (it puts bench/ and so bench/speed on sys.path)."""
     path = Path(__file__).resolve().parents[1] / "bench" / "throughput.py"
     spec = importlib.util.spec_from_file_location("bench_throughput", path)
     module = importlib.util.module_from_spec(spec)
@@ -164,10 +378,11 @@ def _load_bench():
 
 def test_benchmark_sps_twin_in_transformers_is_our_sps_model():
     pytest.importorskip("transformers")
-    bench = _load_bench()
+    _load_bench()
+    from speed.runners import hf_twin
     torch.manual_seed(6)
     ours = build_classifier(BertConfig(**TINY), 2, "SPS").eval()
-    theirs = bench.hf_twin(ours, "SPS", 2).eval()
+    theirs = hf_twin(ours, "SPS", 2).eval()
     assert sum(p.numel() for p in theirs.parameters()) == sum(p.numel() for p in ours.parameters())
     features = tiny_features(seed=6)
     b = features.batch(torch.arange(6))
@@ -180,17 +395,56 @@ def test_benchmark_sps_twin_in_transformers_is_our_sps_model():
 
 def test_benchmark_helpers():
     bench = _load_bench()
+    from speed.machine import LoadMeter
+    from speed.measure import _swap_pairs, measurement_list
+    from speed.peak import forward_flops
     base = BertConfig(30522)
     # BERT-base forward at 128 tokens: ~2 * 85M weights * 128 + attention = 22.3 GFLOP
-    assert bench.forward_flops(base, 12, 128) == pytest.approx(22.3e9, rel=0.01)
-    args = bench.parse_args(["--quick", "--configs", "student3"])
-    assert args.quick and args.configs == "student3"
-    steps = bench.measurement_list(["ours", "hf"], kd=True)
+    assert forward_flops(base, 12, 128) == pytest.approx(22.3e9, rel=0.01)
+    args = bench.build_parser().parse_args(["--quick", "--configs", "student3", "--batch", "4"])
+    assert args.quick and args.configs == "student3" and args.batch == 4
+    steps = measurement_list(["ours", "hf"], kd=True)
     assert ("train", "mrpc", "hf", "default", None) in steps
     assert ("train", "mrpc", "ours", "dynamic", "pkd") in steps
-    assert sorted(bench._swap_pairs(steps), key=str) == sorted(steps, key=str)
-    load = bench.LoadMeter().foreign()
+    assert sorted(_swap_pairs(steps), key=str) == sorted(steps, key=str)
+    load = LoadMeter().foreign()
     assert load is None or 0.0 <= load <= 1.0
+
+
+def test_benchmark_workloads_pad_as_the_scripts_do():
+    """On CUDA the MRPC batches are rounded up to the scripts' multiple; on the CPU not."""
+    _load_bench()
+    from speed.workloads import make_workloads
+    features = tiny_features(n=40, seed=11)
+    plan = {"train_batch": 8, "infer_batch": 8, "k_train": 2, "k_infer": 3}
+    config = BertConfig(**{**TINY, "vocab_size_or_config_json_file": 2000})
+    for device, multiple in (("cpu", 1), ("cuda", 8)):
+        # the batches are built on the CPU; `stage` only moves them, so stub the move
+        with mock.patch.object(torch.Tensor, "to", lambda t, *a, **k: t):
+            work = make_workloads(features, config, plan, torch.device(device))
+        for mode in ("train", "infer"):
+            widths = [b["input_ids"].shape[1] for b in work[(mode, "mrpc")]["dynamic"]]
+            longest = [int(b["attention_mask"].sum(1).max()) for b in
+                       work[(mode, "mrpc")]["dynamic"]]
+            assert widths == [-(-n // multiple) * multiple for n in longest]
+
+
+def test_benchmark_scripts_command_runs_the_users_path(tiny):
+    bench = _load_bench()
+    from speed.scripts import script_command, summarize
+    args = bench.build_parser().parse_args(["--quick", "--bert_model", str(tiny.bert),
+                                            "--glue_dir", str(tiny.data)])
+    cpu = script_command(args, "fp32", "/tmp/x", cuda=False)
+    assert cpu[1].endswith("src/finetune.py") and "--no_cuda" in cpu
+    assert cpu[cpu.index("--max_steps") + 1] == "2"
+    assert cpu[cpu.index("--student_hidden_layers") + 1] == "4"  # the tiny BERT's depth
+    gpu = script_command(args, "fp16", "/tmp/x", cuda=True)
+    assert "--fp16" in gpu and "--no_cuda" not in gpu and "--max_steps" not in gpu
+    fig = summarize({"wall_seconds": 10.0, "returncode": 0},
+                    {"train_samples_per_second": 100.0, "inference_samples_per_second": 400.0,
+                     "best_acc": {"acc": 0.75}, "optimizer_steps": 5, "train_seconds": 4.0,
+                     "eval_seconds": 1.0})
+    assert fig["other_seconds"] == 5.0 and fig["other_share"] == 0.5 and fig["dev_acc"] == 0.75
 
 
 def test_profile_step_reports_mfu_and_linear_share(capsys):

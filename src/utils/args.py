@@ -83,6 +83,9 @@ def add_task_args(parser, max_seq_length=128):
     g.add_argument("--eval_batch_size", type=int, default=64, help="examples per dev batch")
     g.add_argument("--pad_to_max_length", action="store_true",
                    help="pad every batch to --max_seq_length instead of its longest sequence")
+    g.add_argument("--pad_to_multiple_of", type=int, default=None,
+                   help="round each batch's length up to a multiple of this, so that few "
+                        "shapes occur (default: 8 on CUDA, 1 on the CPU; utils/train.py)")
     g.add_argument("--no_cuda", action="store_true", help="run on the CPU even if CUDA is there")
     g.add_argument("--fp16", action="store_true", help="fp16 autocast and grad scaling (CUDA)")
     g.add_argument("--bf16", action="store_true", help="bf16 autocast (GPUs or CPUs with bf16)")
@@ -249,7 +252,7 @@ def check_common(args):
             raise PeakdError(f"--{name} nan is not a number; pass a number or leave it out")
     check_positive(args, ("train_batch_size", "eval_batch_size", "gradient_accumulation_steps",
                           "max_seq_length", "student_hidden_layers", "logging_steps",
-                          "max_steps", "eval_steps", "save_steps"))
+                          "max_steps", "eval_steps", "save_steps", "pad_to_multiple_of"))
     if args.train_batch_size % args.gradient_accumulation_steps:
         raise PeakdError(f"--train_batch_size {args.train_batch_size} must be a multiple of "
                          f"--gradient_accumulation_steps {args.gradient_accumulation_steps}")

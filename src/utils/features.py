@@ -28,9 +28,15 @@ class Features:
     def __len__(self):
         return self.input_ids.shape[0]
 
-    def batch(self, index, pad_to_max=False):
-        """The rows `index` (B,) as a dict of (B, S_b) tensors; S_b = their longest length."""
-        width = self.input_ids.shape[1] if pad_to_max else int(self.lengths[index].max())
+    def batch(self, index, pad_to_max=False, multiple=1):
+        """The rows `index` (B,) as a dict of (B, S_b) tensors.
+
+        S_b is their longest length rounded up to a multiple of `multiple` (at most S), or S with
+        `pad_to_max`. The attention mask hides the extra columns, so logits do not change.
+        """
+        width = self.input_ids.shape[1]
+        if not pad_to_max:
+            width = min(width, -(-int(self.lengths[index].max()) // multiple) * multiple)
         ids = self.input_ids[index, :width]
         out = {"index": index, "input_ids": ids, "token_type_ids": self.token_type_ids[index, :width],
                "attention_mask": (torch.arange(width) < self.lengths[index, None]).long()}

@@ -207,7 +207,8 @@ def predict_test(args, task, model, tokenizer, examples):
     placeholders)."""
     features = convert_examples_to_features(examples, tokenizer, args.max_seq_length, task)
     device = pick_device(args)
-    logits = predict(model, features, args.eval_batch_size, device, autocast(args, device))
+    logits = predict(model, features, args.eval_batch_size, device, autocast(args, device),
+                     multiple=args.pad_to_multiple_of)
     if task.output_mode == "regression":
         values = logits.view(-1).tolist()
     else:

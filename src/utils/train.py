@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from BERT.pytorch_pretrained_bert import BertAdam, count_parameters
+from BERT.pytorch_pretrained_bert.linear import requested_path as requested_linear_path
 
 from . import parallel
 from .checkpoints import atomic_torch_save, safe_torch_load, save_model_checkpoint, write_json
@@ -47,7 +48,15 @@ def set_seed(seed):
 
 
 def pick_device(args):
-    """This process's GPU (under torchrun the one of its LOCAL_RANK), or the CPU."""
+    """This process's GPU (under torchrun the one of its LOCAL_RANK), or the CPU.
+
+    Also checks $PEAKD_LINEAR (the CPU Linear path) here, before any work, so that a bad value
+    is a one-line error rather than a traceback from the first forward.
+    """
+    try:
+        requested_linear_path()
+    except ValueError as e:
+        raise PeakdError(str(e)) from None
     if torch.cuda.is_available() and not args.no_cuda:
         return torch.device("cuda", parallel.local_rank())
     return torch.device("cpu")
@@ -64,6 +73,25 @@ def autocast(args, device):
     return contextlib.nullcontext()
 
 
+# Each batch's length is rounded up to a multiple of this (--pad_to_multiple_of overrides it).
+# On CUDA every new shape costs once: kernel selection and, for fp16/bf16 attention, a new
+# cuDNN graph per sequence length (issue 11: 54 MRPC batches of new lengths took 6.2 s in fp16
+# the first time and 0.25 s the second on one H100; modeling.CUDA_SDPA_BACKENDS leaves cuDNN
+# out). Multiples of 8 leave at most 16 lengths up to 128 at +3.5 padded tokens per row on
+# average. On the CPU each padded token costs its share of the step and shapes cost nothing,
+# so batches stay at their own length (and fp32 CPU results exactly as before).
+PAD_MULTIPLE = {"cuda": 8, "cpu": 1}
+
+
+def pad_multiple(requested, device):
+    """--pad_to_multiple_of, or PAD_MULTIPLE's default for the device."""
+    if requested is None:
+        return PAD_MULTIPLE.get(device.type, 1)
+    if requested < 1:
+        raise PeakdError(f"--pad_to_multiple_of {requested} must be >= 1")
+    return requested
+
+
 def to_device(batch, device):
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
@@ -77,15 +105,17 @@ def task_loss(logits, labels, regression):
 
 @torch.no_grad()
 def collect_outputs(model, features, batch_size, device, amp, pad_to_max=False,
-                    layer_cls=False):
+                    layer_cls=False, multiple=None):
     """{"logits": (N, C), "pooled": (N, H)[, "layer_cls": (N, L, H)]} in file order.
 
-    Runs length-grouped batches; `layer_cls` adds every effective layer's [CLS] vector.
+    Runs length-grouped batches, each padded to a multiple of `multiple` (None: the device's
+    PAD_MULTIPLE); `layer_cls` adds every effective layer's [CLS] vector.
     """
     model.eval()
     out = {}
+    multiple = pad_multiple(multiple, device)
     for index in eval_batches(features.lengths, batch_size):
-        batch = to_device(features.batch(index, pad_to_max), device)
+        batch = to_device(features.batch(index, pad_to_max, multiple), device)
         with amp:
             res = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
                         output_all_encoded_layers=layer_cls)
@@ -99,9 +129,10 @@ def collect_outputs(model, features, batch_size, device, amp, pad_to_max=False,
     return {name: value.cpu() for name, value in out.items()}
 
 
-def predict(model, features, batch_size, device, amp, pad_to_max=False):
+def predict(model, features, batch_size, device, amp, pad_to_max=False, multiple=None):
     """Logits (N, C) in file order."""
-    return collect_outputs(model, features, batch_size, device, amp, pad_to_max)["logits"]
+    return collect_outputs(model, features, batch_size, device, amp, pad_to_max,
+                           multiple=multiple)["logits"]
 
 
 def score(task, logits, labels):
@@ -113,9 +144,9 @@ def score(task, logits, labels):
     return metrics
 
 
-def evaluate(model, features, task, batch_size, device, amp, pad_to_max=False):
+def evaluate(model, features, task, batch_size, device, amp, pad_to_max=False, multiple=None):
     """(metrics dict incl. `loss`, logits (N, C)) on a labelled split."""
-    logits = predict(model, features, batch_size, device, amp, pad_to_max)
+    logits = predict(model, features, batch_size, device, amp, pad_to_max, multiple)
     return score(task, logits, features.labels), logits
 
 
@@ -231,6 +262,7 @@ class _TrainingRun:
         self.run_dir, self.needs_layers, self.device = Path(run_dir), needs_layers, device
         self.main = parallel.is_main()
         self.amp = autocast(args, device)
+        self.multiple = pad_multiple(getattr(args, "pad_to_multiple_of", None), device)
         model.to(device)
         self.micro, _, self.t_total = plan_steps(len(train_features), args)
         self.optimizer = make_optimizer(model, args, self.t_total)
@@ -325,8 +357,8 @@ class _TrainingRun:
         gradient the mean over all its examples, each weighed the same.
         """
         local, weight = parallel.share(index)
-        batch = to_device(self.train_features.batch(local, self.args.pad_to_max_length),
-                          self.device)
+        batch = to_device(self.train_features.batch(local, self.args.pad_to_max_length,
+                                                    self.multiple), self.device)
         # gradients are all-reduced once per optimizer step, not per micro-batch
         sync = contextlib.nullcontext() if boundary or self.ddp is None else self.ddp.no_sync()
         with sync:
@@ -373,7 +405,8 @@ class _TrainingRun:
             for split, feats in self.dev_features.items():
                 predict_start = time.perf_counter()
                 metrics, _ = evaluate(self.model, feats, self.task, self.args.eval_batch_size,
-                                      self.device, self.amp, self.args.pad_to_max_length)
+                                      self.device, self.amp, self.args.pad_to_max_length,
+                                      self.multiple)
                 self.pos.predict_seconds += time.perf_counter() - predict_start
                 self.pos.predicted += len(feats)
                 records[split] = {"epoch": epoch, "step": self.pos.step, **metrics}

@@ -1,21 +1,74 @@
-"""`Linear`: nn.Linear whose fp32 CPU matrix multiplies run through oneDNN.
+"""`Linear`: nn.Linear whose fp32 CPU matrix multiplies take the faster of two GEMM libraries.
 
-On the CPUs measured here oneDNN's fp32 GEMM is about twice as fast as the MKL path F.linear
-takes (bench/README.md), for the forward and both gradients. The op is private to torch
+Which library is faster depends on the CPU, so the choice is made where the program runs:
+
+* on a CPU with AVX-512 (where this was first measured) oneDNN's fp32 GEMM is about twice as
+  fast as the MKL path F.linear takes, for the forward and both gradients;
+* on an AVX2-only AMD EPYC (family 25, model 1) it is the other way round: single-thread CPU
+  time of BERT-wide Linear GEMMs (M = 256..4096 tokens, 768 <-> 3072) gave MKL 60-82 GFLOP/s
+  forward and 52-82 for the gradients, oneDNN 55-69 forward, 31-57 input and 28-56 weight
+  gradient (bench/README.md).
+
+`PEAKD_LINEAR` (environment) or `LINEAR_PATH` (this module, for benchmarks and tests) picks:
+
+* `auto` (default): once per process, the first fp32 CPU Linear times both libraries on one
+  BERT-wide layer (PROBE_SHAPE; forward, input and weight gradient; 0.17-0.30 s on the busy
+  2-core machine, see `time_paths`) and keeps the faster for training (all three) and for
+  inference (forward only); oneDNN must win by MARGIN, so where the two are close F.linear
+  stays. A CPU of the other kind cannot be simulated here (no AVX-512 on the AVX2 machine), so
+  the choice is measured rather than decided by a rule about instruction sets. Layers smaller
+  than SMALL_WEIGHT (tiny test models) always take F.linear: there the Python
+  autograd.Function costs more than the GEMM (32 x 32 weights: oneDNN 5-54 GFLOP/s, MKL 21-65).
+* `onednn`: every fp32 CPU Linear through oneDNN; `mkl`: every Linear through F.linear (torch's
+  BLAS, MKL on x86 builds).
+
+The two libraries agree within float rounding (1e-5 on BERT-sized activations), so the choice
+changes no result beyond that; for bitwise equality across processes fix the path
+(PEAKD_LINEAR=mkl or onednn). The oneDNN op is private to torch
 (`torch.ops.mkldnn._linear_pointwise`), so it is probed once against F.linear and skipped where
 it is missing or disagrees; autocast, torch.compile and other devices use F.linear. Parameters
 and their names are nn.Linear's, so checkpoints do not change.
 """
+import os
+import time
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-ONEDNN_LINEAR = True  # speed switch: False sends every Linear through F.linear
+PATHS = ("auto", "onednn", "mkl")
+ENV_VAR = "PEAKD_LINEAR"
+# None: read PEAKD_LINEAR (default auto); benchmarks and tests set one of PATHS here
+LINEAR_PATH = None
+# (tokens M, in K, out N) of the auto probe: a 768-wide layer on two 128-token sequences
+PROBE_SHAPE = (256, 768, 768)
+# oneDNN is taken only when F.linear's time is at least this multiple of its: repeated probes
+# on the busy AVX2 machine scattered by up to 12% (forward 4.4-5.5 ms for MKL, 4.6-4.9 for
+# oneDNN), and where the two are that close F.linear (transformers' path) should stay
+MARGIN = 1.15
+SMALL_WEIGHT = 128 * 128  # auto: weights with fewer elements always take F.linear
 
 
 def _onednn_matmul(x, weight, bias):
     """x @ weight.T + bias through oneDNN (x: (..., K), weight: (N, K); any strides)."""
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+def _onednn_grad_input(grad, weight):
+    """(..., N) @ (N, K) -> (..., K)."""
+    return _onednn_matmul(grad, weight.t(), None)
+
+
+def _onednn_grad_weight(grad2d, x2d):
+    """(M, N)^T @ (M, K) -> (N, K), a sum over the M tokens.
+
+    oneDNN copies its first operand into row-major order (the second it repacks anyway), so
+    the narrower of grad (M, N) and x (M, K) goes first; transposing the small (K, N) result
+    back is cheaper.
+    """
+    if grad2d.shape[1] > x2d.shape[1]:
+        return _onednn_matmul(x2d.t(), grad2d.t(), None).t().contiguous()
+    return _onednn_matmul(grad2d.t(), x2d.t(), None)
 
 
 class _OneDNNLinear(torch.autograd.Function):
@@ -32,17 +85,10 @@ class _OneDNNLinear(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = _onednn_matmul(grad, weight.t(), None)
+            grad_x = _onednn_grad_input(grad, weight)
         grad2d = grad.reshape(-1, grad.shape[-1])
         if ctx.needs_input_grad[1]:
-            # (N, M) @ (M, K), a sum over the M tokens. oneDNN copies its first operand into
-            # row-major order (the second it repacks anyway), so the narrower of grad (M, N) and
-            # x (M, K) goes first; transposing the small (K, N) result back is cheaper.
-            x2d = x.reshape(-1, x.shape[-1])
-            if grad2d.shape[1] > x2d.shape[1]:
-                grad_w = _onednn_matmul(x2d.t(), grad2d.t(), None).t().contiguous()
-            else:
-                grad_w = _onednn_matmul(grad2d.t(), x2d.t(), None)
+            grad_w = _onednn_grad_weight(grad2d, x.reshape(-1, x.shape[-1]))
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad2d.sum(0)
         return grad_x, grad_w, grad_b
@@ -60,19 +106,107 @@ def _onednn_usable():
         return False
 
 
+def time_paths(shape=PROBE_SHAPE, rounds=4):
+    """{path: {op: best seconds}} for ops forward, grad_input, grad_weight of one Linear.
+
+    shape: (M tokens, K in, N out). Timed on one thread in this thread's CPU time: the per-core
+    speed of each library's kernels, which is what differs between CPUs, and a figure other
+    processes on the machine barely move (wall time on 2 busy cores flipped the choice in 2 of
+    3 tries on the AVX2 machine; with CPU time on one thread and 4 rounds, 15 probes all gave
+    MKL/oneDNN time ratios of 0.84-1.02 forward and 0.81-0.89 for all three ops).
+    Rounds alternate which library goes first; an extra first round only warms up (oneDNN
+    builds its primitives). A private generator: the global random stream (dropout) is not
+    touched.
+    """
+    m, k, n = shape
+    g = torch.Generator().manual_seed(0)
+    x, w, grad = (torch.randn(*s, generator=g) for s in ((m, k), (n, k), (m, n)))
+    b = torch.randn(n, generator=g)
+    ops = {
+        "mkl": {"forward": lambda: F.linear(x, w, b), "grad_input": lambda: grad.mm(w),
+                "grad_weight": lambda: grad.t().mm(x)},
+        "onednn": {"forward": lambda: _onednn_matmul(x, w, b),
+                   "grad_input": lambda: _onednn_grad_input(grad, w),
+                   "grad_weight": lambda: _onednn_grad_weight(grad, x)},
+    }
+    best = {path: dict.fromkeys(fns, float("inf")) for path, fns in ops.items()}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            for r in range(rounds + 1):
+                for path in (("mkl", "onednn") if r % 2 else ("onednn", "mkl")):
+                    for op, fn in ops[path].items():
+                        start = time.thread_time()
+                        fn()
+                        if r:
+                            best[path][op] = min(best[path][op], time.thread_time() - start)
+    finally:
+        torch.set_num_threads(threads)
+    return best
+
+
+def decide(best):
+    """{"train": path, "infer": path} from time_paths' result (oneDNN must win by MARGIN)."""
+    train = {path: sum(t.values()) for path, t in best.items()}
+    infer = {path: t["forward"] for path, t in best.items()}
+    return {mode: "onednn" if t["mkl"] >= MARGIN * t["onednn"] else "mkl"
+            for mode, t in (("train", train), ("infer", infer))}
+
+
 _ONEDNN_OK = None
+# the auto choice of this process, measured once: {"train", "infer", "shape", "seconds"}
+_AUTO = {}
+
+
+def requested_path():
+    """LINEAR_PATH, else $PEAKD_LINEAR, else auto; an unknown value is an error."""
+    value = LINEAR_PATH if LINEAR_PATH is not None else os.environ.get(ENV_VAR, "auto")
+    value = value.strip().lower()
+    if value not in PATHS:
+        raise ValueError(f"{ENV_VAR}={value}: use one of {', '.join(PATHS)}")
+    return value
+
+
+def auto_choice():
+    """This process's measured choice (measured at the first call, then kept)."""
+    if not _AUTO:
+        best = time_paths()
+        _AUTO.update(decide(best), shape=PROBE_SHAPE, seconds=best)
+    return _AUTO
+
+
+def chosen_paths():
+    """What fp32 CPU Linears use now: {"requested", "train", "infer"[, "seconds", "shape"]}."""
+    global _ONEDNN_OK
+    requested = requested_path()
+    if _ONEDNN_OK is None:
+        _ONEDNN_OK = _onednn_usable()
+    if requested == "mkl" or not _ONEDNN_OK:
+        return {"requested": requested, "train": "mkl", "infer": "mkl",
+                "onednn_usable": _ONEDNN_OK}
+    if requested == "onednn":
+        return {"requested": requested, "train": "onednn", "infer": "onednn",
+                "onednn_usable": True}
+    return {"requested": requested, "onednn_usable": True, **auto_choice()}
+
+
+def _use_onednn(x, weight):
+    requested = requested_path()
+    if requested == "mkl" or (requested == "auto" and weight.numel() < SMALL_WEIGHT):
+        return False
+    mode = "train" if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad) \
+        else "infer"
+    return chosen_paths()[mode] == "onednn"
 
 
 def linear(x, weight, bias=None):
-    """F.linear; fp32 on the CPU (outside autocast and torch.compile) goes through oneDNN."""
-    global _ONEDNN_OK
-    if (ONEDNN_LINEAR and x.device.type == "cpu" and x.dtype == torch.float32
+    """F.linear; fp32 on the CPU (outside autocast and torch.compile) may go through oneDNN."""
+    if (x.device.type == "cpu" and x.dtype == torch.float32
             and weight.dtype == torch.float32 and x.numel() > 0
-            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()):
-        if _ONEDNN_OK is None:
-            _ONEDNN_OK = _onednn_usable()
-        if _ONEDNN_OK:
-            return _OneDNNLinear.apply(x, weight, bias)
+            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()
+            and _use_onednn(x, weight)):
+        return _OneDNNLinear.apply(x, weight, bias)
     return F.linear(x, weight, bias)
 
 

@@ -9,9 +9,11 @@ always returns the same named tuple.
 
 Speed (measured by `bench/throughput.py`, see `bench/README.md`): on the CPU, the encoder's fp32
 Linear layers run their three matrix multiplies (forward, input and weight gradient) through
-oneDNN, about twice as fast as the default BLAS (MKL) on this project's AMD CPU; the attention
-mask is dropped when a CPU batch has no padding. Each switch below turns one of these off.
+oneDNN or MKL, whichever a once-per-process probe finds faster on the CPU at hand (linear.py,
+`PEAKD_LINEAR`); the attention mask is dropped when a CPU batch has no padding. The switches
+below turn these off.
 """
+import contextlib
 import copy
 import json
 from pathlib import Path
@@ -20,13 +22,23 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .linear import Linear
 from .serialization import load_state_dict_file
 
 # Speed switch (module-level so that a benchmark can measure it; results agree within 1e-5);
-# linear.ONEDNN_LINEAR is the other one.
+# linear.LINEAR_PATH is the other one.
 SKIP_FULL_MASK = True     # no attention mask for a CPU batch without padding
+
+# The attention kernels SDPA may pick on CUDA: cuDNN attention is left out. For fp16/bf16 on
+# Hopper SDPA prefers it, and it builds a new cuDNN graph for every new sequence length, which
+# batches padded to their own length hit almost every step. Measured on one H100 (torch 2.11,
+# CUDA 13; issue 11): 54 MRPC batches of new lengths took 6.2 s (fp16) and 4.8 s (bf16) the
+# first time and 0.25 / 0.15 s the second with cuDNN; without it 0.36 / 0.30 s and
+# 0.17 / 0.13 s. With cuDNN, finetune.py --fp16 trained at 474 samples/s against fp32's 1,597
+# and evaluated at 223 against 8,468. cuDNN attention has no fp32 kernel, so fp32 is unchanged.
+CUDA_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 CONFIG_NAMES = ("config.json", "bert_config.json")
 WEIGHTS_NAMES = ("model.safetensors", "pytorch_model.bin")
@@ -306,6 +318,13 @@ def _no_padding(attention_mask):
             and not torch.compiler.is_compiling() and bool(attention_mask.all()))
 
 
+def attention_kernels(device):
+    """The context SDPA runs in: CUDA_SDPA_BACKENDS on CUDA, torch's own choice elsewhere."""
+    if device.type == "cuda":
+        return sdpa_kernel(CUDA_SDPA_BACKENDS)
+    return contextlib.nullcontext()
+
+
 def extended_attention_mask(attention_mask, dtype):
     """(B, S) of 1 (token) / 0 (padding) -> additive (B, 1, 1, S) mask for the attention scores."""
     mask = attention_mask[:, None, None, :].to(dtype)
@@ -384,8 +403,9 @@ class BertModel(BertPreTrainedModel):
         mask = None
         if attention_mask is not None and not _no_padding(attention_mask):
             mask = extended_attention_mask(attention_mask, embedding_output.dtype)
-        sequence_output, encoded_layers = self.encoder(embedding_output, mask,
-                                                       output_all_encoded_layers)
+        with attention_kernels(embedding_output.device):
+            sequence_output, encoded_layers = self.encoder(embedding_output, mask,
+                                                           output_all_encoded_layers)
         return EncoderOutput(sequence_output, self.pooler(sequence_output), encoded_layers)
 
 

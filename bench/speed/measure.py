@@ -1,0 +1,160 @@
+"""One config's measurements: ours and transformers on the same weights and batches.
+
+Each repeat runs every measurement once, alternating who goes first so that drifts in machine
+state hit both sides alike; results are medians over repeats. A warm-up repeat comes first
+(allocator, oneDNN primitives, the Linear path probe, compilation) and sets how many repeats fit
+the time budget.
+"""
+import contextlib
+import statistics
+import time
+
+import torch
+
+from BERT.pytorch_pretrained_bert import BertConfig
+from utils.modeling import build_classifier
+
+from .machine import LoadMeter
+from .peak import forward_flops
+from .runners import Ours, Theirs, distill_objective, hf_twin, run_one, switches
+from .workloads import FIXED_LEN, make_workloads, plan_for
+
+# name: (layers, model type). Full size has BERT-base's width; --quick a tiny one, same roles.
+CONFIGS = {"student3": (3, "Original"), "sps3": (3, "SPS"), "base": (12, "Original")}
+FULL_SIZE = dict(hidden_size=768, num_attention_heads=12, intermediate_size=3072)
+QUICK_SIZE = dict(hidden_size=128, num_attention_heads=2, intermediate_size=512)
+QUICK_LAYERS = {"student3": 2, "sps3": 2, "base": 4}
+# relative cost of a config's measurements, to share the time budget
+COST = {"student3": 1.0, "sps3": 2.0, "base": 1.8}
+
+
+def measurement_list(impls, kd):
+    """(mode, workload, impl, variant, objective) in the order one repeat runs them."""
+    out = []
+    for mode, workload in (("train", "fixed128"), ("infer", "fixed128"), ("train", "mrpc"),
+                           ("infer", "mrpc")):
+        if workload == "fixed128":
+            variants = [("fixed", i) for i in impls]
+        else:
+            variants = [("dynamic", i) for i in impls] + [("default", "hf")]
+        out += [(mode, workload, impl, variant, None) for variant, impl in variants]
+        if mode == "train" and workload == "mrpc" and kd:
+            out += [(mode, workload, "ours", "dynamic", k) for k in ("kd", "pkd")]
+    return out
+
+
+def _swap_pairs(steps):
+    """The same measurements, each workload's group in reverse order (theirs before ours)."""
+    out, group = [], []
+    for s in steps + [None]:
+        if group and (s is None or s[:2] != group[0][:2]):
+            out += group[::-1]
+            group = []
+        if s is not None:
+            group.append(s)
+    return out
+
+
+def key_of(mode, workload, impl, variant, objective, amp):
+    name = impl if objective is None else f"{impl}_{objective}"
+    return "/".join((amp, mode, workload, name, variant))
+
+
+def bench_config(name, args, device, features, amp, budget_s, clock, log):
+    """Every measurement of config `name` at one precision, within `budget_s` seconds.
+
+    Returns the config's record for the JSON: plan, parity of ours and theirs, FLOPs per
+    sample, optimizers, repeats, the load other processes put on the machine, and per
+    measurement (key_of) the median samples/s, tokens/s and every run's seconds.
+    """
+    layers, model_type = CONFIGS[name]
+    layers = QUICK_LAYERS[name] if args.quick else layers
+    config = BertConfig(30522, num_hidden_layers=layers,
+                        **(QUICK_SIZE if args.quick else FULL_SIZE))
+    torch.manual_seed(0)
+    ours_model = build_classifier(config, 2, model_type).to(device)
+    theirs_model = hf_twin(ours_model, model_type, 2).to(device)
+    plan = plan_for(name, args, device)
+    workloads = make_workloads(features, config, plan, device)
+    impls = {"ours": Ours(ours_model, device, amp, args.compile),
+             "hf": Theirs(theirs_model, device, amp, args.compile)}
+    contexts = {}
+    if args.ablate:
+        # the same model with each CPU Linear path forced, the mask skip off; a BertAdam on the
+        # foreach path
+        impls["ours_mkl"] = impls["ours_onednn"] = impls["ours_mask_always"] = impls["ours"]
+        contexts["ours_mkl"] = lambda: switches(LINEAR_PATH="mkl")
+        contexts["ours_onednn"] = lambda: switches(LINEAR_PATH="onednn")
+        contexts["ours_mask_always"] = lambda: switches(SKIP_FULL_MASK=False)
+        impls["ours_foreach_adam"] = Ours(ours_model, device, amp, False, fused_adam=False)
+    objectives = {}
+    if name != "base":
+        objectives = {k: distill_objective(k, ours_model, len(features), device)
+                      for k in ("kd", "pkd")}
+
+    # parity: the same function (eval mode) on a real batch, dynamic and padded to 128
+    ours_model.eval()
+    theirs_model.eval()
+    probe = {k: v[:4] for k, v in workloads[("infer", "mrpc")]["dynamic"][0].items()}
+    probe128 = {k: v[:4] for k, v in workloads[("infer", "mrpc")]["default"][0].items()}
+    mine, mine128 = impls["ours"].logits(probe).float(), impls["ours"].logits(probe128).float()
+    parity = {
+        "ours_vs_hf_dynamic": (mine - impls["hf"].logits(probe).float()).abs().max().item(),
+        "ours_vs_hf_pad128": (mine128 - impls["hf"].logits(probe128).float()).abs().max().item(),
+        "ours_dynamic_vs_pad128": (mine - mine128).abs().max().item()}
+    log("  parity, max |logit difference|: "
+        + ", ".join(f"{k} {v:.1e}" for k, v in parity.items()))
+    if max(parity.values()) > (1e-3 if amp == "fp32" else 0.1):
+        raise RuntimeError(f"ours and transformers disagree ({parity}): not the same model")
+
+    steps = measurement_list(list(impls), bool(objectives))
+    times = {key_of(m, w, i, v, o, amp): [] for m, w, i, v, o in steps}
+    meter = LoadMeter()
+
+    def one_repeat(r, record):
+        # alternate who goes first, so that drifts in machine state hit both sides alike
+        for mode, workload, impl, variant, obj in (steps if r % 2 == 0 else _swap_pairs(steps)):
+            impls[impl].model.train(mode == "train")
+            batches = workloads[(mode, workload)][variant]
+            meter.start()
+            seconds = run_one(impls[impl], mode, batches, clock, objectives.get(obj),
+                              contexts.get(impl, contextlib.nullcontext))
+            if record:
+                times[key_of(mode, workload, impl, variant, obj, amp)].append(
+                    {"seconds": seconds, "samples": sum(len(b["labels"]) for b in batches),
+                     "tokens": sum(int(b["attention_mask"].sum()) for b in batches),
+                     "padded_tokens": sum(b["input_ids"].numel() for b in batches),
+                     "foreign_load": meter.foreign()})
+
+    for _ in range(2 if args.compile else 1):  # compiling: a second pass settles recompiles
+        start = time.perf_counter()
+        one_repeat(0, record=False)  # warm-up: allocator, oneDNN primitives, compilation
+        warm = time.perf_counter() - start
+    repeats = args.repeats
+    if not args.quick and warm * (1 + args.repeats) > budget_s:  # the warm-up is in the share
+        repeats = max(1, int(budget_s / warm) - 1)
+        log(f"  ! time budget: {repeats} repeats instead of {args.repeats}")
+    log(f"  warm-up {warm:.1f} s, then {repeats} repeats")
+    for r in range(repeats):
+        one_repeat(r, record=True)
+
+    results = {}
+    for key, runs in times.items():
+        rates = [x["samples"] / x["seconds"] for x in runs]
+        results[key] = {
+            "samples_per_s": statistics.median(rates), "min": min(rates), "max": max(rates),
+            "tokens_per_s": statistics.median(x["tokens"] / x["seconds"] for x in runs),
+            "padded_tokens_per_s": statistics.median(x["padded_tokens"] / x["seconds"]
+                                                     for x in runs),
+            "mean_padded_len": runs[0]["padded_tokens"] / runs[0]["samples"],
+            "repeats": len(runs), "runs": runs}
+    loads = [x["foreign_load"] for runs in times.values() for x in runs
+             if x["foreign_load"] is not None]
+    effective = len(ours_model.bert.encoder.schedule)
+    return {"layers": layers, "effective_layers": effective, "model_type": model_type,
+            "hidden_size": config.hidden_size, "plan": plan, "parity": parity,
+            "flops": {"fixed128_forward_per_sample": forward_flops(config, effective, FIXED_LEN)},
+            "optimizer_ours": impls["ours"].optimizer_name,
+            "optimizer_hf": impls["hf"].optimizer_name, "repeats": repeats,
+            "warmup_seconds": warm, "foreign_load_max": max(loads) if loads else None,
+            "foreign_load_mean": statistics.mean(loads) if loads else None, "results": results}

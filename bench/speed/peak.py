@@ -1,0 +1,58 @@
+"""Matmul FLOPs of a BERT pass and the matmul peak measured on this machine, for MFU.
+
+On a CPU the fp32 peak is the better of torch.mm (MKL) and oneDNN's matmul, the two libraries
+the Linear layers choose from (src/BERT/pytorch_pretrained_bert/linear.py): which one is faster
+depends on the CPU. On CUDA it also measures bf16 and fp16.
+"""
+import contextlib
+import statistics
+
+import torch
+
+
+def forward_flops(config, effective_layers, seq_len, num_labels=2):
+    """Matmul FLOPs (2 per multiply-add) of one sequence's forward pass; training counts 3x."""
+    h, i, s = config.hidden_size, config.intermediate_size, seq_len
+    per_layer = 2 * s * (4 * h * h + 2 * h * i) + 4 * s * s * h  # QKVO, FFN; QK^T and PV
+    return effective_layers * per_layer + 2 * h * h + 2 * h * num_labels  # pooler, classifier
+
+
+def matmul_peak(device, dtype, n, reps, clock, onednn=False):
+    """Best FLOP/s of `reps` n x n matrix multiplies (torch.mm, or oneDNN's matmul)."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=g).to(device, dtype)
+    b = torch.randn(n, n, generator=g).to(device, dtype)
+
+    def mm():
+        if onednn:
+            return torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
+        return torch.mm(a, b)
+
+    mm()
+    rates = []
+    for _ in range(reps):
+        start = clock()
+        mm()
+        rates.append(2 * n ** 3 / (clock() - start))
+    return {"n": n, "dtype": str(dtype).replace("torch.", ""), "flops_best": max(rates),
+            "flops_median": statistics.median(rates),
+            "backend": "oneDNN" if onednn else "torch.mm"}
+
+
+def measure_peaks(device, args, clock, amps):
+    n = 1024 if args.quick else (8192 if device.type == "cuda" else 4096)
+    reps = 3 if args.quick else 5
+    peaks = {"fp32": matmul_peak(device, torch.float32, n, reps, clock)}
+    if device.type == "cpu":
+        with contextlib.suppress(Exception):  # a torch build without oneDNN
+            peaks["fp32_onednn"] = matmul_peak(device, torch.float32, n, reps, clock, onednn=True)
+        # the Linear layers take the faster library (linear.py): MFU against the slower one
+        # could pass 100%, so targets use the best
+        peaks["fp32_best"] = max(peaks.values(), key=lambda p: p["flops_best"])
+        if "bf16" in amps:
+            peaks["bf16"] = matmul_peak(device, torch.bfloat16, n, reps, clock)
+    else:
+        peaks["bf16"] = matmul_peak(device, torch.bfloat16, n, reps, clock)
+        peaks["fp16"] = matmul_peak(device, torch.float16, n, reps, clock)
+    return peaks
+

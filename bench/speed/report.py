@@ -1,0 +1,139 @@
+"""Targets (PASS/FAIL) and the printed report.
+
+A ratio target compares two rates measured in the same run: ours/transformers on the same
+batches (>= 1), ours on the MRPC mix against transformers' default padding to 128 (>= 1.5), a KD
+or PKD step against a fine-tuning step (<= 1.1x its time), the 3-layer SPS student against the
+12-layer model in inference (>= 1.8); MFU is against the matmul peak measured in the same run
+(peak.py). The scripts' own path (scripts.py) makes its own targets.
+"""
+from .measure import key_of
+
+TARGETS = {"ours_vs_hf": 1.0, "dynamic_vs_hf_default": 1.5, "kd_step_cost": 1.1,
+           "sps_vs_teacher_inference": 1.8, "mfu": 0.80}
+
+
+def ratio(a, b):
+    return None if a is None or b is None or b == 0 else a / b
+
+
+def fmt(x, spec="8.2f"):
+    return " " * (len(format(1.0, spec)) - 1) + "-" if x is None else format(x, spec)
+
+
+def target(name, value, threshold, higher=True):
+    """A target record: passes when value >= threshold (<= with higher=False); None: n/a."""
+    ok = None if value is None else (value >= threshold if higher else value <= threshold)
+    return {"target": name, "value": value, "threshold": threshold,
+            "direction": ">=" if higher else "<=", "pass": ok}
+
+
+def samples_per_s(cfg, mode, workload, impl, variant, amp, obj=None):
+    """The median samples/s of one of a config's measurements (None when not measured)."""
+    r = cfg["results"].get(key_of(mode, workload, impl, variant, obj, amp))
+    return None if r is None else r["samples_per_s"]
+
+
+def evaluate_targets(cfgs, peaks, amp, peak_key):
+    """(table rows, targets with PASS/FAIL); adds each config's MFU figures to `cfgs`."""
+    rows, targets = [], []
+
+    def rate(c, mode, workload, impl, variant, obj=None):
+        return samples_per_s(cfgs[c], mode, workload, impl, variant, amp, obj)
+
+    for c in cfgs:
+        for mode in ("train", "infer"):
+            f_o = rate(c, mode, "fixed128", "ours", "fixed")
+            f_h = rate(c, mode, "fixed128", "hf", "fixed")
+            d_o = rate(c, mode, "mrpc", "ours", "dynamic")
+            d_h = rate(c, mode, "mrpc", "hf", "dynamic")
+            d_def = rate(c, mode, "mrpc", "hf", "default")
+            rows.append((c, mode, f_o, f_h, d_o, d_h, d_def))
+            targets += [
+                target(f"{c} {mode} fixed128 ours/hf", ratio(f_o, f_h), TARGETS["ours_vs_hf"]),
+                target(f"{c} {mode} mrpc ours/hf (both dynamic)", ratio(d_o, d_h),
+                       TARGETS["ours_vs_hf"]),
+                target(f"{c} {mode} mrpc ours dynamic / hf default pad-128", ratio(d_o, d_def),
+                       TARGETS["dynamic_vs_hf_default"])]
+        ft = rate(c, "train", "mrpc", "ours", "dynamic")
+        for obj in ("kd", "pkd"):
+            r = rate(c, "train", "mrpc", "ours", "dynamic", obj)
+            if r is not None:
+                targets.append(target(f"{c} {obj} step time / ft step time", ratio(ft, r),
+                                      TARGETS["kd_step_cost"], higher=False))
+    if "sps3" in cfgs and "base" in cfgs:
+        for workload, variant in (("fixed128", "fixed"), ("mrpc", "dynamic")):
+            targets.append(target(
+                f"sps3 / 12-layer teacher inference speed ({workload})",
+                ratio(rate("sps3", "infer", workload, "ours", variant),
+                      rate("base", "infer", workload, "ours", variant)),
+                TARGETS["sps_vs_teacher_inference"]))
+    for c, cfg in cfgs.items():
+        per_sample = cfg["flops"]["fixed128_forward_per_sample"]
+        for mode, factor in (("train", 3), ("infer", 1)):
+            mfu = cfg.setdefault(f"mfu_{mode}_fixed128", {})
+            for impl in ("ours", "hf"):
+                r = rate(c, mode, "fixed128", impl, "fixed")
+                mfu[impl] = {k: None if r is None else factor * per_sample * r / v["flops_best"]
+                             for k, v in peaks.items()}
+        targets.append(target(f"{c} train fixed128 MFU (vs {peak_key} matmul peak)",
+                              cfg["mfu_train_fixed128"]["ours"].get(peak_key), TARGETS["mfu"]))
+    return rows, targets
+
+
+def ablation_rows(cfgs, amp):
+    """(config, mode, impl, fixed128 ratio to hf, mrpc dynamic ratio to hf) per --ablate impl."""
+    out = []
+    for c, cfg in cfgs.items():
+        impls = sorted({key.split("/")[3] for key in cfg["results"]})
+        for impl in (i for i in impls if i.startswith("ours_") and i not in ("ours_kd",
+                                                                              "ours_pkd")):
+            for mode in ("train", "infer"):
+                out.append((c, mode, impl, *(
+                    ratio(samples_per_s(cfg, mode, w, impl, v, amp),
+                          samples_per_s(cfg, mode, w, "hf", v, amp))
+                    for w, v in (("fixed128", "fixed"), ("mrpc", "dynamic")))))
+    return out
+
+
+def print_targets(targets):
+    for t in targets:
+        verdict = {True: "PASS", False: "FAIL", None: "n/a "}[t["pass"]]
+        value = "-" if t["value"] is None else f"{t['value']:.3f}"
+        print(f"  {verdict}  {t['target']:60s} {value:>7s}  (target {t['direction']} "
+              f"{t['threshold']})")
+
+
+def print_report(meta, cfgs, rows, targets, amp, peak_key):
+    print()
+    print(f"samples/s, {amp}, median of repeats (hf: transformers {meta['transformers']}; "
+          "ratio: ours/hf)")
+    print(f"{'config':9s} {'mode':5s} | {'fixed128':>8s} {'hf':>8s} {'ratio':>6s} | "
+          f"{'mrpc dyn':>8s} {'hf dyn':>8s} {'ratio':>6s} | {'hf pad128':>9s} {'ratio':>6s}")
+    for c, mode, f_o, f_h, d_o, d_h, d_def in rows:
+        print(f"{c:9s} {mode:5s} | {fmt(f_o)} {fmt(f_h)} {fmt(ratio(f_o, f_h), '6.2f')} | "
+              f"{fmt(d_o)} {fmt(d_h)} {fmt(ratio(d_o, d_h), '6.2f')} | "
+              f"{fmt(d_def, '9.2f')} {fmt(ratio(d_o, d_def), '6.2f')}")
+    ablations = ablation_rows(cfgs, amp)
+    if ablations:
+        print("\n--ablate: each variant of ours against hf (samples/s ratio)")
+        for c, mode, impl, fixed, dyn in ablations:
+            print(f"  {c:9s} {mode:5s} {impl:18s} fixed128 {fmt(fixed, '5.2f')}   "
+                  f"mrpc dynamic {fmt(dyn, '5.2f')}")
+    print()
+    for c, cfg in cfgs.items():
+        plan = cfg["plan"]
+        print(f"{c}: train {plan['train_batch']} x {plan['k_train']} batches, infer "
+              f"{plan['infer_batch']} x {plan['k_infer']}, {cfg['repeats']} repeats; MFU "
+              "(fixed128, ours / hf) " + ", ".join(
+                  f"{mode} vs {k} {fmt(cfg[f'mfu_{mode}_fixed128']['ours'][k], '.2f')} / "
+                  f"{fmt(cfg[f'mfu_{mode}_fixed128']['hf'][k], '.2f')}"
+                  for mode in ("train", "infer") for k in dict.fromkeys(("fp32", peak_key))))
+        tokens = []
+        for key, r in cfg["results"].items():
+            _, mode, workload, impl, variant = key.split("/")
+            if variant != "default":
+                tokens.append(f"{mode} {workload} {impl} {r['tokens_per_s']:.0f}")
+        print("   real tokens/s: " + ", ".join(tokens))
+    print()
+    print("targets")
+    print_targets(targets)
