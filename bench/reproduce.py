@@ -26,6 +26,7 @@ from grid.plan import KINDS, VARIANTS, GridError  # noqa: E402,F401  (VARIANTS: 
 from grid.protocols import DEFAULT_PROTOCOL, PROTOCOLS, apply_protocol  # noqa: E402
 from grid.run import run_stages  # noqa: E402
 from utils.checkpoints import write_json  # noqa: E402
+from utils.features import FEATURE_CACHE_ENV  # noqa: E402
 
 
 def build_parser():
@@ -62,6 +63,9 @@ def build_parser():
     p.add_argument("--jobs", type=int, default=1,
                    help="stages run at once (CPU: cores // jobs threads each; several GPUs: "
                         "one per process)")
+    p.add_argument("--no_feature_cache", action="store_true",
+                   help="tokenise the data in every stage (default: once per split into "
+                        "WORK/cache, PEAKD_FEATURE_CACHE)")
     p.add_argument("--no_plot", action="store_true")
     return p
 
@@ -108,7 +112,8 @@ def main(argv=None):
         work, stages, given = prepare(args)
         logs = work / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        run_stages(stages, work, logs, args.jobs,
+        cache = {} if args.no_feature_cache else {FEATURE_CACHE_ENV: str(work / "cache")}
+        run_stages(stages, work, logs, args.jobs, env_extra=cache,
                    on_done=lambda s: print_ptp(s) if s.kind == "ptp" else None)
     except GridError as e:
         raise SystemExit(f"error: {e}") from None

@@ -66,6 +66,10 @@ def test_grid_runs_collects_and_resumes(cola_grid, capsys):
     assert "| PTP helps SPS+PKD | ptp_sps_pkd - sps_pkd" not in table  # sps_pkd did not run
     assert "| KD beats fine-tuning |" not in table
     assert "## PTP labels" in table and "| ptp_SPS_seed1 |" in table
+    assert frame["wall_seconds"].gt(frame["train_seconds"]).all()
+    assert "Not training: " in table
+    # every stage tokenised through one cache: one file per split (train, dev), not per stage
+    assert len(list((work / "cache").glob("CoLA-*.pt"))) == 2
     csv = pd.read_csv(work / "results.csv")
     assert len(csv) == 3 and "ptp_train_counts" in csv.columns
     record = json.loads((work / "ft_seed1" / "grid_stage.json").read_text())

@@ -143,6 +143,7 @@ def check_inputs(args):
         raise GridError(f"--student_hidden_layers {k} must be in 1..{depth} (the pretrained "
                         f"model {args.bert_model} has {depth} layers)")
     sps = [v for v in args.variant_list if VARIANTS[v][1] != "Original"]
+    # PKD-skip pairs n effective layers with a depth-layer teacher only while n < 2 * depth
     if sps and 2 * k >= 2 * depth:
         raise GridError(f"--student_hidden_layers {k}: the SPS variants {sps} run {2 * k} "
                         f"effective layers, too deep for PKD with a {depth}-layer teacher; "
@@ -269,8 +270,9 @@ def settings(stage, work):
     return {"script": stage.script, "argv": portable(stage.argv, work)}
 
 
-def write_record(stage, work):
-    write_json(stage.record, settings(stage, work))
+def write_record(stage, work, wall_seconds=None):
+    """grid_stage.json: the stage's settings, and its wall time (start to exit, not compared)."""
+    write_json(stage.record, {**settings(stage, work), "wall_seconds": wall_seconds})
 
 
 def as_flags(argv):
@@ -295,7 +297,7 @@ def differences(stage, work):
     except (OSError, ValueError):
         return f"unreadable {stage.record.name}"
     now = settings(stage, work)
-    if saved == now:
+    if {k: saved.get(k) for k in now} == now:
         return None
     if saved.get("script") != now["script"]:
         return f"script {saved.get('script')} (now {now['script']})"

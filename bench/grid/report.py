@@ -50,12 +50,22 @@ def collect(stages):
                "best_epoch": best.get("epoch"), "num_parameters": res["num_parameters"],
                "effective_layers": res["effective_layers"],
                "train_seconds": res["train_seconds"],
+               "eval_seconds": res.get("eval_seconds"),
+               # the stage's process from start to exit (None for a run recorded without it)
+               "wall_seconds": read_wall(stage),
                "train_samples_per_second": res["train_samples_per_second"],
                "inference_samples_per_second": res.get("inference_samples_per_second")}
         if stage.ptp_dir is not None and ptp_of[stage.ptp_dir] in ptp:
             row.update(ptp[ptp_of[stage.ptp_dir]][0])
         rows.append(row)
     return pd.DataFrame(rows), ptp
+
+
+def read_wall(stage):
+    try:
+        return json.loads(stage.record.read_text(encoding="utf-8")).get("wall_seconds")
+    except (OSError, ValueError):
+        return None
 
 
 def variant_order(frame):
@@ -117,9 +127,23 @@ def ptp_table(ptp):
     return "\n".join(lines) + "\n"
 
 
+def overhead_line(frame):
+    """The share of each run's wall time that is not training (process start, tokenising,
+    loading the model and teacher file, evaluating), from wall_seconds and train_seconds."""
+    if "wall_seconds" not in frame or frame["wall_seconds"].isna().all():
+        return ""
+    timed = frame.dropna(subset=["wall_seconds"])
+    share = 1 - timed["train_seconds"] / timed["wall_seconds"]
+    fixed = timed["wall_seconds"] - timed["train_seconds"] - timed["eval_seconds"].fillna(0)
+    return (f"\nNot training: {share.median():.0%} of a run's wall time (median over "
+            f"{len(timed)} runs, range {share.min():.0%}-{share.max():.0%}); of it, outside "
+            f"training and evaluation (start, data, model): median {fixed.median():.1f} s.\n")
+
+
 def markdown(frame, ptp, rows, metric, header=""):
     """results.md: settings header, per-variant table, claims, PTP labels and warnings."""
-    parts = [header, "## Per variant (mean ± std over seeds)\n", summarize(frame)]
+    parts = [header, "## Per variant (mean ± std over seeds)\n", summarize(frame),
+             overhead_line(frame)]
     if rows:
         parts += ["\n## The paper's claims, paired over shared seeds\n",
                   "`supported`: the 95% interval of the mean difference lies above 0; "

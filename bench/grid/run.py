@@ -47,10 +47,8 @@ def slot_env(slot, jobs, base=None, n_cores=None, gpus=None):
     return env
 
 
-def start(stage, slot, jobs, logs, work, env_extra):
+def start(stage, env, logs):
     log = logs / f"{stage.label}.log"
-    env = slot_env(slot, jobs)
-    env.update(env_extra)
     # the record is replaced only when the stage finishes: an interrupted stage keeps none
     stage.record.unlink(missing_ok=True)
     with open(log, "w") as f:
@@ -77,6 +75,8 @@ def run_stages(stages, work, logs, jobs=1, env_extra=None, on_done=None):
         else:
             pending.append(stage)
     running, free, failures = {}, list(range(jobs)), []
+    gpus = gpu_ids() if jobs > 1 else []
+    envs = [{**slot_env(slot, jobs, gpus=gpus), **env_extra} for slot in range(jobs)]
     while pending or running:
         while free and not failures:
             ready = next((s for s in pending if set(s.needs) <= finished), None)
@@ -84,7 +84,7 @@ def run_stages(stages, work, logs, jobs=1, env_extra=None, on_done=None):
                 break
             pending.remove(ready)
             slot = free.pop(0)
-            proc, log = start(ready, slot, jobs, logs, work, env_extra)
+            proc, log = start(ready, envs[slot], logs)
             running[proc] = (ready, slot, time.perf_counter(), log)
             print(f"[run  {position[ready.label]}/{total}] {ready.label} ... (progress: "
                   f"tail -f {log})", flush=True)
@@ -104,10 +104,10 @@ def run_stages(stages, work, logs, jobs=1, env_extra=None, on_done=None):
                                 f"{' '.join(tail)}")
                 print(f"[fail {tag}] {stage.label}", flush=True)
                 continue
-            write_record(stage, work)
+            wall = time.perf_counter() - began
+            write_record(stage, work, round(wall, 2))
             finished.add(stage.label)
-            print(f"[done {tag}] {stage.label} in {time.perf_counter() - began:.0f} s",
-                  flush=True)
+            print(f"[done {tag}] {stage.label} in {wall:.0f} s", flush=True)
             if on_done:
                 on_done(stage)
     if failures:

@@ -1,4 +1,5 @@
-"""The grid's paired comparisons (bench/grid/stats.py) on fixed numbers with known answers."""
+"""The grid's paired comparisons (bench/grid/stats.py) on fixed numbers with known answers, and
+how it shares the machine among processes (bench/grid/run.py)."""
 import math
 import sys
 from pathlib import Path
@@ -55,3 +56,17 @@ def test_claims_cover_the_papers_comparisons_that_ran():
     rows = compare_claims({"kd": {1: 0.8, 2: 0.8}, "ft": {1: 0.7, 2: 0.75}, "pkd": {1: 0.8}})
     assert [(r.a, r.b, r.n, r.verdict) for r in rows] == [
         ("pkd", "kd", 1, "too few seeds"), ("kd", "ft", 2, "not decided")]
+
+
+def test_each_process_slot_gets_its_share_of_cores_and_gpus():
+    from grid.run import slot_env
+
+    base = {"PATH": "/bin", "OMP_NUM_THREADS": "7"}
+    assert slot_env(0, 1, base, n_cores=8, gpus=["0", "1"]) == base  # one job: as called
+    env = slot_env(1, 2, base, n_cores=8, gpus=[])
+    assert env["OMP_NUM_THREADS"] == "4" and "CUDA_VISIBLE_DEVICES" not in env
+    assert slot_env(0, 3, base, n_cores=2, gpus=["5"])["OMP_NUM_THREADS"] == "1"
+    assert "CUDA_VISIBLE_DEVICES" not in slot_env(0, 3, base, n_cores=2, gpus=["5"])
+    assert [slot_env(s, 3, base, n_cores=16, gpus=["2", "3"])["CUDA_VISIBLE_DEVICES"]
+            for s in range(3)] == ["2", "3", "2"]
+    assert base == {"PATH": "/bin", "OMP_NUM_THREADS": "7"}
