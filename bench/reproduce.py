@@ -27,6 +27,7 @@ from grid.protocols import DEFAULT_PROTOCOL, PROTOCOLS, apply_protocol  # noqa: 
 from grid.run import run_stages  # noqa: E402
 from utils.checkpoints import write_json  # noqa: E402
 from utils.features import FEATURE_CACHE_ENV  # noqa: E402
+from utils.ptp import PTP_LABEL_NAMES  # noqa: E402
 
 
 def build_parser():
@@ -101,7 +102,8 @@ def print_ptp(stage):
     """The PTP run's train label counts and thresholds, and a warning for a near-empty class."""
     info, warning = report.ptp_summary(stage)
     print(f"{stage.label}: PTP train labels {info['ptp_train_counts']} "
-          f"(t1 {info['ptp_t1']}, t2 {info['ptp_t2']})", flush=True)
+          f"({' / '.join(PTP_LABEL_NAMES)}; t1 {info['ptp_t1']:.4f}, t2 {info['ptp_t2']:.4f})",
+          flush=True)
     if warning:
         print(warning, flush=True)
 

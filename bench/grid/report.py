@@ -142,15 +142,15 @@ def overhead_line(frame):
 
 def markdown(frame, ptp, rows, metric, header=""):
     """results.md: settings header, per-variant table, claims, PTP labels and warnings."""
-    parts = [header, "## Per variant (mean ± std over seeds)\n", summarize(frame),
+    parts = [header, "## Per variant (mean ± std over seeds)\n\n", summarize(frame),
              overhead_line(frame)]
     if rows:
-        parts += ["\n## The paper's claims, paired over shared seeds\n",
+        parts += ["\n## The paper's claims, paired over shared seeds\n\n",
                   "`supported`: the 95% interval of the mean difference lies above 0; "
                   "`contradicted`: below 0; `not decided`: it contains 0.\n\n",
                   comparisons_table(rows, metric)]
     if ptp:
-        parts += ["\n## PTP labels (train split)\n", ptp_table(ptp)]
+        parts += ["\n## PTP labels (train split)\n\n", ptp_table(ptp)]
         parts += [f"\n{w}\n" for _, w in ptp.values() if w]
     return "".join(parts)
 

@@ -77,39 +77,48 @@ def run_stages(stages, work, logs, jobs=1, env_extra=None, on_done=None):
     running, free, failures = {}, list(range(jobs)), []
     gpus = gpu_ids() if jobs > 1 else []
     envs = [{**slot_env(slot, jobs, gpus=gpus), **env_extra} for slot in range(jobs)]
-    while pending or running:
-        while free and not failures:
-            ready = next((s for s in pending if set(s.needs) <= finished), None)
-            if ready is None:
-                break
-            pending.remove(ready)
-            slot = free.pop(0)
-            proc, log = start(ready, envs[slot], logs)
-            running[proc] = (ready, slot, time.perf_counter(), log)
-            print(f"[run  {position[ready.label]}/{total}] {ready.label} ... (progress: "
-                  f"tail -f {log})", flush=True)
-        if not running:
-            if failures:
-                break
-            raise GridError("stages wait on stages that are not planned: "
-                            f"{[s.label for s in pending]}")
-        time.sleep(0.2)
-        for proc in [p for p in running if p.poll() is not None]:
-            stage, slot, began, log = running.pop(proc)
-            free.append(slot)
-            tag = f"{position[stage.label]}/{total}"
-            if proc.returncode or not stage.done.exists():
-                tail = log.read_text(errors="replace").strip().splitlines()[-1:]
-                failures.append(f"{stage.label} failed (exit {proc.returncode}); see {log}: "
-                                f"{' '.join(tail)}")
-                print(f"[fail {tag}] {stage.label}", flush=True)
-                continue
-            wall = time.perf_counter() - began
-            write_record(stage, work, round(wall, 2))
-            finished.add(stage.label)
-            print(f"[done {tag}] {stage.label} in {wall:.0f} s", flush=True)
-            if on_done:
-                on_done(stage)
+    try:
+        while pending or running:
+            while free and not failures:
+                ready = next((s for s in pending if set(s.needs) <= finished), None)
+                if ready is None:
+                    break
+                pending.remove(ready)
+                slot = free.pop(0)
+                proc, log = start(ready, envs[slot], logs)
+                running[proc] = (ready, slot, time.perf_counter(), log)
+                print(f"[run  {position[ready.label]}/{total}] {ready.label} ... (progress: "
+                      f"tail -f {log})", flush=True)
+            if not running:
+                if failures:
+                    break
+                raise GridError("stages wait on stages that are not planned: "
+                                f"{[s.label for s in pending]}")
+            time.sleep(0.2)
+            for proc in [p for p in running if p.poll() is not None]:
+                stage, slot, began, log = running.pop(proc)
+                free.append(slot)
+                tag = f"{position[stage.label]}/{total}"
+                if proc.returncode or not stage.done.exists():
+                    tail = log.read_text(errors="replace").strip().splitlines()[-1:]
+                    failures.append(f"{stage.label} failed (exit {proc.returncode}); see {log}: "
+                                    f"{' '.join(tail)}")
+                    print(f"[fail {tag}] {stage.label}", flush=True)
+                    continue
+                wall = time.perf_counter() - began
+                write_record(stage, work, round(wall, 2))
+                finished.add(stage.label)
+                print(f"[done {tag}] {stage.label} in {wall:.0f} s", flush=True)
+                if on_done:
+                    on_done(stage)
+    except BaseException:
+        # Ctrl-C or a crash here: stop the stages this grid started (their runs restart
+        # from scratch next time; a finished stage is never touched)
+        for proc in running:
+            proc.terminate()
+        for proc in running:
+            proc.wait()
+        raise
     if failures:
         more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
         raise GridError(failures[0] + more)
