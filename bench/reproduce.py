@@ -22,7 +22,7 @@ sys.path[:0] = [str(BENCH.parent / "src"), str(BENCH)]
 
 from grid import plan as grid_plan  # noqa: E402
 from grid import report  # noqa: E402
-from grid.plan import KINDS, VARIANTS, GridError  # noqa: E402,F401  (VARIANTS: for callers)
+from grid.plan import KINDS, VARIANTS, GridError  # noqa: E402
 from grid.protocols import DEFAULT_PROTOCOL, PROTOCOLS, apply_protocol  # noqa: E402
 from grid.run import run_stages  # noqa: E402
 from utils.checkpoints import write_json  # noqa: E402

@@ -128,7 +128,7 @@ def test_bad_inputs_fail_in_one_line_before_any_run(tmp_path):
     reproduce = load_reproduce()
     work = tmp_path / "work"
     good = ["--task", "MRPC", "--bert_model", str(bert), "--data_dir", str(glue),
-            "--work_dir", str(work)]
+            "--work_dir", str(work), "--max_seq_length", "24"]
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
     cases = [(["--bert_model", str(tmp_path)], "--bert_model"),
@@ -148,6 +148,7 @@ def test_bad_inputs_fail_in_one_line_before_any_run(tmp_path):
              (["--protocol", "paper"], "--protocol"),
              (["--ptp_thresholds", "0.9"], "--ptp_thresholds"),
              (["--jobs", "0"], "--jobs"),
+             (["--max_seq_length", "65"], "--max_seq_length"),  # the tiny BERT has 64
              (["--work_dir", str(a_file)], "--work_dir"),
              (["--student_args", "--warmpu_proportion 0.2"], "--student_args"),
              (["--student_args", "--warmup 0.2"], "--student_args"),  # abbreviations too
@@ -161,6 +162,23 @@ def test_bad_inputs_fail_in_one_line_before_any_run(tmp_path):
         assert message.startswith("error: ") and flag in message and "\n" not in message, \
             (extra, message)
     assert not work.exists()
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_failed_stage_names_its_log_and_records_nothing(tmp_path, jobs):
+    glue = make_glue(tmp_path / "glue", tasks=("SST-2",))
+    bert = make_tiny_bert(tmp_path / "bert", glue)
+    work = tmp_path / "work"
+    with pytest.raises(SystemExit) as err:
+        load_reproduce().main(
+            ["--task", "SST-2", "--bert_model", str(bert), "--data_dir", str(glue),
+             "--work_dir", str(work), "--max_seq_length", "24", "--jobs", jobs,
+             "--teacher_args", "--layer_initialization 1,2,3,9"])  # the model has 4 layers
+    message = str(err.value)
+    assert message.startswith("error: teacher failed (exit 1); see ") and "\n" not in message
+    assert str(work / "logs" / "teacher.log") in message and "--layer_initialization" in message
+    assert not (work / "teacher" / "eval_results.json").exists()
+    assert not list(work.rglob("grid_stage.json")) and not (work / "results.csv").exists()
 
 
 def plan(reproduce, tmp_path, *extra):

@@ -129,9 +129,14 @@ def check_inputs(args):
     try:
         task = get_task(args.task)
         model_dir = resolve_bert_model(args.bert_model)
-        depth = load_config(model_dir).num_hidden_layers
+        config = load_config(model_dir)
     except PeakdError as e:
         raise GridError(str(e)) from None
+    depth = config.num_hidden_layers
+    if args.max_seq_length > config.max_position_embeddings:
+        raise GridError(f"--max_seq_length {args.max_seq_length} exceeds the "
+                        f"{config.max_position_embeddings} positions of {args.bert_model}; "
+                        "lower it")
     args.task, args.bert_model = task.name, str(Path(model_dir).resolve())
     args.data_dir = str(Path(args.data_dir).resolve())
     train = Path(args.data_dir) / task.dir_name / task.processor.splits["train"]
