@@ -15,7 +15,7 @@ from utils.errors import PeakdError
 from utils.glue import get_task
 from utils.pipeline import (load_teacher, prepare_student, report_training, run_cli,
                             start_run)
-from utils.ptp import (PTP_LABEL_NAMES, PTP_NUM_LABELS, parse_thresholds_flag, ptp_labels,
+from utils.ptp import (PTP_LABEL_NAMES, PTP_NUM_LABELS, parse_thresholds_flag, relabel_splits,
                        resolve_thresholds)
 from utils.train import task_loss, train
 
@@ -40,12 +40,10 @@ def run(args):
     train_logits, train_gold = teacher["train"]["logits"], data["train"][1].labels
     args.ptp_thresholds_used = list(resolve_thresholds(task.name, args.ptp_thresholds,
                                                        train_logits, train_gold))
-    relabelled = {}
-    for split in splits:
-        features = data[split][1]
-        labels = ptp_labels(teacher[split]["logits"], features.labels, *args.ptp_thresholds_used)
-        relabelled[split] = dataclasses.replace(features, labels=labels)
-        counts = labels.bincount(minlength=PTP_NUM_LABELS).tolist()
+    relabelled, args.ptp_label_counts = relabel_splits(
+        {s: teacher[s]["logits"] for s in splits}, {s: data[s][1] for s in splits},
+        *args.ptp_thresholds_used)
+    for split, counts in args.ptp_label_counts.items():
         print(f"PTP labels {split}: " + ", ".join(f"{n} {name}" for n, name in
                                                   zip(counts, PTP_LABEL_NAMES)))
     ptp_task = dataclasses.replace(task, name=f"{task.name}-PTP", labels=PTP_LABEL_NAMES,

@@ -7,9 +7,10 @@ import torch
 
 from helpers import expect_error, load_script, train_args
 from utils.errors import PeakdError
+from utils.features import Features
 from utils.ptp import (EMPTY_GROUP_THRESHOLD, PTP_LABEL_NAMES, PTP_NUM_LABELS,
-                       labels_from_confidence, median_thresholds, ptp_labels, resolve_thresholds,
-                       teacher_confidence)
+                       labels_from_confidence, median_thresholds, ptp_labels, relabel_splits,
+                       resolve_thresholds, teacher_confidence)
 
 
 def binary_logits(gaps):
@@ -34,6 +35,20 @@ def test_all_four_labels():
     labels = ptp_labels(logits, gold, t1=0.9, t2=0.7)
     assert labels.dtype == torch.long and labels.shape == (4,)
     assert labels.tolist() == [0, 1, 2, 3]
+
+
+def test_relabel_splits_replaces_labels_and_counts_them():
+    ids5, ids1 = torch.zeros(5, 3, dtype=torch.long), torch.zeros(1, 3, dtype=torch.long)
+    features = {"train": Features(ids5, ids5,
+                                  torch.full((5,), 3), torch.tensor([0, 0, 1, 1, 0])),
+                "dev": Features(ids1, ids1,
+                                torch.full((1,), 3), torch.tensor([1]))}
+    logits = {"train": binary_logits([5.0, 1.0, 5.0, 0.5, 5.0]), "dev": binary_logits([-5.0])}
+    relabelled, counts = relabel_splits(logits, features, 0.9, 0.7)
+    assert relabelled["train"].labels.tolist() == [0, 1, 2, 3, 0]
+    assert counts == {"train": [2, 1, 1, 1], "dev": [1, 0, 0, 0]}
+    assert relabelled["train"].input_ids is features["train"].input_ids
+    assert features["train"].labels.tolist() == [0, 0, 1, 1, 0]  # the task's labels stay
 
 
 def test_three_classes_and_float32_logits():

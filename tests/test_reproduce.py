@@ -1,11 +1,15 @@
 """bench/reproduce.py on tiny data: the grid runs through the real scripts, collects one row per
-run, and a repeated command skips what is finished."""
+run of its plan, resumes, refuses a work folder whose runs were made with other settings, checks
+its inputs before anything runs, and runs stages at once with the same results."""
 import importlib.util
+import json
+import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
-from helpers import make_glue, make_tiny_bert
+from helpers import make_glue, make_tiny_bert, tree_digest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -17,33 +21,105 @@ def load_reproduce():
     return module
 
 
-def test_grid_runs_collects_and_resumes(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def cola_grid(tmp_path_factory):
+    """One tiny CoLA grid (teacher, outputs, ft and ptp_sps_pkd for seed 1), run once
+    for the tests that read it; the tests never change its work folder."""
+    root = tmp_path_factory.mktemp("grid")
     # CoLA spelled in lower case: the teacher file must be found under the name its owner
     # module gives it ("CoLA_...", not "COLA_...")
-    glue = make_glue(tmp_path / "glue", tasks=("CoLA",))
-    bert = make_tiny_bert(tmp_path / "bert", glue)
-    reproduce = load_reproduce()
+    glue = make_glue(root / "glue", tasks=("CoLA",))
+    bert = make_tiny_bert(root / "bert", glue)
     argv = ["--task", "cola", "--bert_model", str(bert), "--data_dir", str(glue),
-            "--work_dir", str(tmp_path / "work"), "--seeds", "1", "--variants",
-            "ft,ptp_sps_pkd", "--student_hidden_layers", "2", "--max_seq_length", "24",
-            "--train_batch_size", "8", "--max_steps", "2"]
+            "--work_dir", str(root / "work"), "--protocol", "quick", "--seeds", "1",
+            "--variants", "ft,ptp_sps_pkd", "--student_hidden_layers", "2",
+            "--max_seq_length", "24", "--train_batch_size", "8", "--max_steps", "2",
+            "--student_args", "--eval_batch_size 4"]
+    reproduce = load_reproduce()
     frame = reproduce.main(argv)
-    chart = tmp_path / "work" / "results.png"
+    return reproduce, argv, root, frame
+
+
+def test_grid_runs_collects_and_resumes(cola_grid, capsys):
+    reproduce, argv, root, frame = cola_grid
+    work = root / "work"
+    chart = work / "results.png"
     if importlib.util.find_spec("matplotlib"):
         assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    else:
-        assert not chart.exists() and "matplotlib is not installed" in capsys.readouterr().out
     assert list(frame["variant"]) == ["teacher", "ft", "ptp_sps_pkd"]
+    assert list(frame["seed"]) == ["-", "1", "1"]
     assert set(frame["metric"]) == {"mcc"} and frame["mcc"].notna().all()
     assert list(frame["effective_layers"]) == [4, 2, 4]
     assert frame.loc[2, "num_parameters"] == frame.loc[1, "num_parameters"]
-    table = (tmp_path / "work" / "results.md").read_text()
-    assert "| ptp_sps_pkd | 1 |" in table and "±" in table
-    assert (tmp_path / "work" / "results.csv").read_text().count("\n") == 4
+    # the PTP student rows carry their PTP run's thresholds and 4 train label counts (16 rows)
+    ptp_rows = frame[frame["variant"] == "ptp_sps_pkd"]
+    counts = [list(map(int, c.split("/"))) for c in ptp_rows["ptp_train_counts"]]
+    assert all(len(c) == 4 and sum(c) == 16 for c in counts)
+    assert ptp_rows["ptp_t1"].between(0, 1).all() and ptp_rows["ptp_t2"].between(0, 1).all()
+    assert frame[frame["variant"] == "ft"]["ptp_train_counts"].isna().all()
+    # the grid's default threshold rule is the median one (quick and authors alike)
+    ptp_args = json.loads((work / "ptp_SPS_seed1" / "PTP.args.json").read_text())
+    assert ptp_args["ptp_thresholds"] == "median"
+    assert ptp_args["ptp_label_counts"]["train"] == counts[0]
+    table = (work / "results.md").read_text()
+    assert "| ptp_sps_pkd | 1 |" in table and "±" in table and "protocol `quick`" in table
+    assert "| PTP helps SPS+PKD | ptp_sps_pkd - sps_pkd" not in table  # sps_pkd did not run
+    assert "| KD beats fine-tuning |" not in table
+    assert "## PTP labels" in table and "| ptp_SPS_seed1 |" in table
+    assert frame["wall_seconds"].gt(frame["train_seconds"]).all()
+    assert "Not training: " in table
+    # every stage tokenised through one cache: one file per split (train, dev), not per stage
+    assert len(list((work / "cache").glob("CoLA-*.pt"))) == 2
+    csv = pd.read_csv(work / "results.csv")
+    assert len(csv) == 3 and "ptp_train_counts" in csv.columns
+    record = json.loads((work / "ft_seed1" / "grid_stage.json").read_text())
+    assert record["script"] == "finetune.py" and "<work>/ft_seed1" in record["argv"]
+    assert record["argv"][-2:] == ["--eval_batch_size", "4"]  # --student_args, last
     capsys.readouterr()
     reproduce.main(argv)
     out = capsys.readouterr().out
     assert "[run " not in out and out.count("[skip ") == 5 and "[skip 5/5]" in out
+
+
+def test_a_rerun_with_other_settings_is_refused_before_anything_runs(cola_grid):
+    reproduce, argv, root, _ = cola_grid
+    work = root / "work"
+    before = tree_digest(work)
+    # as a new user would: the same command without --max_steps, then with another student lr
+    without_steps = argv[:argv.index("--max_steps")] + argv[argv.index("--max_steps") + 2:]
+    for changed, needles in ((without_steps, ["--max_steps 2 (now (unset))", "teacher"]),
+                             (argv + ["--lr", "1e-4"], ["--learning_rate 5e-05 (now 0.0001)",
+                                                        "ft_seed1"])):
+        with pytest.raises(SystemExit) as err:
+            reproduce.main(changed)
+        message = str(err.value)
+        assert message.startswith("error: --work_dir ") and str(work) in message
+        assert "\n" not in message and all(n in message for n in needles), message
+    assert tree_digest(work) == before
+
+
+def test_the_table_holds_only_the_current_plan(cola_grid, tmp_path):
+    """A finished run in the folder that the current command did not plan (here another seed)
+    is not tabled, even when made with the same settings."""
+    reproduce, argv, root, _ = cola_grid
+    work = tmp_path / "work"
+    shutil.copytree(root / "work", work)
+    shutil.copytree(work / "ft_seed1", work / "ft_seed9")
+    moved = [str(work) if a == str(root / "work") else a for a in argv]
+    frame = reproduce.main(moved + ["--no_plot"])  # the moved folder's runs still match
+    assert list(frame["seed"]) == ["-", "1", "1"]
+    assert not (work / "logs" / "ft_seed9.log").exists()
+
+
+def test_jobs_2_gives_the_same_results_as_jobs_1(cola_grid, capsys):
+    reproduce, argv, root, frame = cola_grid
+    work2 = root / "work-jobs2"
+    argv2 = [str(work2) if a == str(root / "work") else a for a in argv] + ["--jobs", "2"]
+    frame2 = reproduce.main(argv2 + ["--no_plot"])
+    results = [c for c in frame.columns
+               if not c.endswith(("seconds", "per_second")) and c != "seed"]
+    pd.testing.assert_frame_equal(frame[results], frame2[results])
+    assert capsys.readouterr().out.count("[done ") == 5
 
 
 def test_bad_inputs_fail_in_one_line_before_any_run(tmp_path):
@@ -52,31 +128,130 @@ def test_bad_inputs_fail_in_one_line_before_any_run(tmp_path):
     reproduce = load_reproduce()
     work = tmp_path / "work"
     good = ["--task", "MRPC", "--bert_model", str(bert), "--data_dir", str(glue),
-            "--work_dir", str(work)]
+            "--work_dir", str(work), "--max_seq_length", "24"]
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
     cases = [(["--bert_model", str(tmp_path)], "--bert_model"),
              (["--data_dir", str(tmp_path)], "--data_dir"),
-             (["--variants", "ft,pkd2"], "--variants")]
+             (["--variants", "ft,pkd2"], "--variants"),
+             (["--variants", "ft,kd,ft"], "--variants"),
+             (["--seeds", "1,x"], "--seeds"),
+             (["--seeds", "1,2,1"], "--seeds"),
+             (["--epochs", "0"], "--epochs"),
+             (["--ptp_epochs", "-1"], "--ptp_epochs"),
+             (["--teacher_epochs", "0"], "--teacher_epochs"),
+             (["--max_steps", "0"], "--max_steps"),
+             (["--student_hidden_layers", "5"], "--student_hidden_layers"),
+             (["--student_hidden_layers", "0"], "--student_hidden_layers"),
+             (["--student_hidden_layers", "4", "--variants", "sps_pkd"],
+              "--student_hidden_layers"),
+             (["--protocol", "paper"], "--protocol"),
+             (["--ptp_thresholds", "0.9"], "--ptp_thresholds"),
+             (["--jobs", "0"], "--jobs"),
+             (["--max_seq_length", "65"], "--max_seq_length"),  # the tiny BERT has 64
+             (["--work_dir", str(a_file)], "--work_dir"),
+             (["--student_args", "--warmpu_proportion 0.2"], "--student_args"),
+             (["--student_args", "--warmup 0.2"], "--student_args"),  # abbreviations too
+             (["--student_args", "--warmup_proportion two"], "--student_args"),
+             (["--ptp_args", "--learning_rate 1e-4"], "--ptp_args"),
+             (["--teacher_args", "'unclosed"], "--teacher_args")]
     for extra, flag in cases:
         with pytest.raises(SystemExit) as err:
             reproduce.main(good + extra)
         message = str(err.value)
-        assert message.startswith("error: ") and flag in message and "\n" not in message
+        assert message.startswith("error: ") and flag in message and "\n" not in message, \
+            (extra, message)
     assert not work.exists()
 
 
-def test_the_plan_gives_each_stage_its_own_learning_rate(tmp_path):
-    reproduce = load_reproduce()
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_failed_stage_names_its_log_and_records_nothing(tmp_path, jobs):
+    glue = make_glue(tmp_path / "glue", tasks=("SST-2",))
+    bert = make_tiny_bert(tmp_path / "bert", glue)
+    work = tmp_path / "work"
+    with pytest.raises(SystemExit) as err:
+        load_reproduce().main(
+            ["--task", "SST-2", "--bert_model", str(bert), "--data_dir", str(glue),
+             "--work_dir", str(work), "--max_seq_length", "24", "--jobs", jobs,
+             "--teacher_args", "--layer_initialization 1,2,3,9"])  # the model has 4 layers
+    message = str(err.value)
+    assert message.startswith("error: teacher failed (exit 1); see ") and "\n" not in message
+    assert str(work / "logs" / "teacher.log") in message and "--layer_initialization" in message
+    assert not (work / "teacher" / "eval_results.json").exists()
+    assert not list(work.rglob("grid_stage.json")) and not (work / "results.csv").exists()
+
+
+def plan(reproduce, tmp_path, *extra):
     args = reproduce.build_parser().parse_args(
         ["--task", "MRPC", "--bert_model", "b", "--data_dir", "d", "--work_dir", "w",
-         "--seeds", "1", "--variants", "ft,ptp_sps_pkd", "--teacher_lr", "3e-5", "--lr", "5e-5",
-         "--ptp_lr", "2e-5"])
-    _, stages = reproduce.plan_grid(args, tmp_path, depth=6)
-    rates = {label: argv[argv.index("--learning_rate") + 1] for label, script, argv, _ in stages
-             if "--learning_rate" in argv}
-    assert rates == {"teacher": "3e-05", "ft_seed1": "5e-05", "ptp_SPS_seed1": "2e-05",
-                     "ptp_sps_pkd_seed1": "5e-05"}
-    assert all(argv.count("--learning_rate") <= 1 for _, _, argv, _ in stages)
-    args.ptp_lr = None
-    _, stages = reproduce.plan_grid(args, tmp_path, depth=6)
-    ptp_argv = next(argv for label, _, argv, _ in stages if label == "ptp_SPS_seed1")
-    assert ptp_argv[ptp_argv.index("--learning_rate") + 1] == "5e-05"
+         "--variants", "ft,ptp_sps_pkd", *extra])
+    reproduce.apply_protocol(args)
+    _, stages = reproduce.grid_plan.plan_grid(args, tmp_path, depth=6)
+    return args, {s.label: s.argv for s in stages}
+
+
+def flag(argv, name):
+    assert argv.count(name) <= 1
+    return argv[argv.index(name) + 1] if name in argv else None
+
+
+def test_protocols_are_a_table_and_explicit_flags_win(tmp_path):
+    reproduce = load_reproduce()
+    assert reproduce.build_parser().parse_args(
+        ["--task", "t", "--bert_model", "b", "--data_dir", "d", "--work_dir", "w"]
+    ).protocol == "authors"
+    args, argv = plan(reproduce, tmp_path)  # authors, the default
+    assert args.seeds == "1,2,3,4,5" and "ft_seed5" in argv and "ft_seed6" not in argv
+    assert [flag(argv["teacher"], f) for f in ("--learning_rate", "--num_train_epochs",
+                                               "--train_seed", "--train_batch_size")] \
+        == ["2e-05", "3.0", "42", "32"]
+    assert [flag(argv["ft_seed1"], f) for f in ("--learning_rate", "--num_train_epochs")] \
+        == ["2e-05", "7.0"]
+    assert [flag(argv["ptp_SPS_seed1"], f) for f in ("--learning_rate", "--num_train_epochs",
+                                                     "--ptp_thresholds")] \
+        == ["2e-05", "4.0", "median"]
+    assert flag(argv["ptp_sps_pkd_seed1"], "--load_model_dir").endswith(
+        "ptp_SPS_seed1/PTP.encoder_loss.pkl")
+    args, argv = plan(reproduce, tmp_path, "--protocol", "quick")
+    assert args.seeds == "1,2,3"
+    assert [flag(argv["ft_seed1"], f) for f in ("--learning_rate", "--num_train_epochs")] \
+        == ["5e-05", "2.0"]
+    assert [flag(argv["ptp_SPS_seed1"], f) for f in ("--learning_rate", "--num_train_epochs")] \
+        == ["5e-05", "2.0"]
+    # explicit flags win over the protocol, each for its own stage kind only
+    args, argv = plan(reproduce, tmp_path, "--protocol", "quick", "--teacher_lr", "3e-5",
+                      "--lr", "1e-4", "--ptp_epochs", "3", "--seeds", "7",
+                      "--ptp_thresholds", "table", "--ptp_args", "--warmup_proportion 0.2",
+                      "--student_args", "--alpha 0.5")
+    assert sorted(argv) == ["ft_seed7", "ptp_SPS_seed7", "ptp_sps_pkd_seed7", "teacher",
+                            "teacher_outputs"]
+    assert flag(argv["teacher"], "--learning_rate") == "3e-05"
+    assert flag(argv["ft_seed7"], "--learning_rate") == "0.0001"
+    assert [flag(argv["ptp_SPS_seed7"], f) for f in ("--learning_rate", "--num_train_epochs",
+                                                     "--ptp_thresholds",
+                                                     "--warmup_proportion")] \
+        == ["5e-05", "3.0", None, "0.2"]
+    assert flag(argv["ptp_sps_pkd_seed7"], "--alpha") == "0.5"
+    assert flag(argv["teacher"], "--alpha") is None
+    assert flag(argv["ptp_SPS_seed7"], "--alpha") is None
+
+
+def test_ptp_summary_warns_about_a_near_empty_class(tmp_path):
+    load_reproduce()  # puts bench/ on the import path
+    from grid.plan import Stage
+    from grid.report import ptp_summary
+
+    def summary(counts):
+        (tmp_path / "PTP.args.json").write_text(json.dumps(
+            {"ptp_thresholds_used": [0.95, 0.7], "ptp_label_counts": {"train": counts}}))
+        stage = Stage("ptp_SPS_seed1", "ptp", [], tmp_path / "x", tmp_path / "y",
+                      ptp_dir=tmp_path)
+        return ptp_summary(stage)
+
+    info, warning = summary([24, 7114, 610, 803])  # the paper's CoLA table on MiniLM
+    assert info == {"ptp_t1": 0.95, "ptp_t2": 0.7, "ptp_train_counts": "24/7114/610/803"}
+    assert "ptp_SPS_seed1" in warning and "confidently correct 24" in warning
+    assert "24/7114/610/803" in warning and "t1=0.9500, t2=0.7000" in warning
+    assert "unconfidently wrong" not in warning.split(";")[0]
+    assert summary([1000, 1000, 500, 500])[1] is None
+    assert summary([980, 1000, 500, 20])[1] is not None  # 20 / 2500 = 0.8%

@@ -5,12 +5,21 @@ rows are gathered and cut to the longest sequence among them, so padding costs n
 batch and no per-example Python runs in the training loop.
 """
 import hashlib
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Optional
 
 import torch
 
+from .checkpoints import atomic_torch_save, safe_torch_load
 from .errors import PeakdError
+
+# the environment variable that turns the features cache on: a folder (bench/reproduce.py sets
+# <work>/cache, so the stages of a grid tokenise each split once)
+FEATURE_CACHE_ENV = "PEAKD_FEATURE_CACHE"
+# part of every cache key: bump it when convert_examples_to_features changes what it produces
+FEATURES_VERSION = 1
 
 
 @dataclass
@@ -105,3 +114,54 @@ def train_batches(n, batch_size, generator):
 def eval_batches(lengths, batch_size):
     """Index batches grouped by length, so each batch pads little; callers restore file order."""
     return list(torch.argsort(lengths, stable=True).split(batch_size))
+
+
+def tokenizer_fingerprint(tokenizer):
+    """sha256 over what decides a tokenizer's ids: its vocabulary (tokens in id order), casing
+    and basic-tokenization settings."""
+    digest = hashlib.sha256()
+    settings = (type(tokenizer).__name__, getattr(tokenizer, "do_lower_case", None),
+                getattr(tokenizer, "do_basic_tokenize", None),
+                sorted(getattr(getattr(tokenizer, "basic_tokenizer", None), "never_split", ())))
+    digest.update(repr(settings).encode("utf-8"))
+    for token, index in sorted(tokenizer.vocab.items(), key=lambda kv: kv[1]):
+        digest.update(f"{index}\t{token}\n".encode("utf-8"))
+    return digest.hexdigest()
+
+
+def features_cache_key(examples, tokenizer, max_seq_length, task):
+    """The cache key of one split's features: the examples' content (examples_fingerprint, so a
+    changed data file gives another key), the tokenizer, the length, the task's labels and
+    FEATURES_VERSION."""
+    digest = hashlib.sha256()
+    for part in (FEATURES_VERSION, task.name, task.output_mode, tuple(task.labels or ()),
+                 max_seq_length, examples_fingerprint(examples),
+                 tokenizer_fingerprint(tokenizer)):
+        digest.update(repr(part).encode("utf-8") + b"\0")
+    return digest.hexdigest()
+
+
+def cached_features(examples, tokenizer, max_seq_length, task, cache_dir=None):
+    """convert_examples_to_features, read from / written to a cache folder when one is given
+    (default: the PEAKD_FEATURE_CACHE environment variable; unset: no cache).
+
+    A file `<task>-<key>.pt` per split holds the Features' tensors; it is written atomically
+    (several processes may write the same key at once: the last rename wins, with the same
+    content) and read with weights_only loading. An unreadable file is rebuilt.
+    """
+    cache_dir = cache_dir if cache_dir is not None else os.environ.get(FEATURE_CACHE_ENV)
+    if not cache_dir:
+        return convert_examples_to_features(examples, tokenizer, max_seq_length, task)
+    key = features_cache_key(examples, tokenizer, max_seq_length, task)
+    path = Path(cache_dir) / f"{task.name}-{key[:32]}.pt"
+    if path.is_file():
+        try:
+            saved = safe_torch_load(path, "features cache file")
+            features = Features(**{f.name: saved.get(f.name) for f in fields(Features)})
+            if len(features) == len(examples):
+                return features
+        except (PeakdError, TypeError, AttributeError):
+            pass  # a broken or foreign file: rebuilt below
+    features = convert_examples_to_features(examples, tokenizer, max_seq_length, task)
+    atomic_torch_save({f.name: getattr(features, f.name) for f in fields(Features)}, path)
+    return features

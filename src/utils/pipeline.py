@@ -10,7 +10,7 @@ from .args import apply_presets, check_common, task_output_dir
 from .checkpoints import write_json
 from .distill import build_objective
 from .errors import Interrupted, PeakdError, warn
-from .features import convert_examples_to_features, examples_fingerprint
+from .features import cached_features, convert_examples_to_features, examples_fingerprint
 from .glue import get_task
 from .modeling import build_student, load_tokenizer, resolve_bert_model
 from .paths import check_dir, check_file, check_writable_dir
@@ -70,14 +70,14 @@ def command_line(parser, argv=None):
 
 
 def load_splits(task, data_dir, splits, tokenizer, max_seq_length):
-    """{split: (examples, Features)} for the named splits, tokenized once."""
+    """{split: (examples, Features)} for the named splits, tokenized once (or read from the
+    features cache when PEAKD_FEATURE_CACHE names one)."""
     out = {}
     for split in splits:
         examples = task.get_examples(data_dir, split)
         if not examples:
             raise PeakdError(f"the {split} split of {task.name} in {data_dir} is empty")
-        out[split] = (examples, convert_examples_to_features(examples, tokenizer, max_seq_length,
-                                                             task))
+        out[split] = (examples, cached_features(examples, tokenizer, max_seq_length, task))
     return out
 
 

@@ -1,6 +1,7 @@
 """PTP labels: a 4-way label per training example from the teacher's prediction."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -71,6 +72,22 @@ def ptp_labels(teacher_logits: torch.Tensor, gold_labels: torch.Tensor,
     """
     confidence, correct = teacher_confidence(teacher_logits, gold_labels)
     return labels_from_confidence(confidence, correct, t1, t2)
+
+
+def relabel_splits(teacher_logits: dict, features: dict, t1: float,
+                   t2: float) -> tuple[dict, dict]:
+    """Each split's Features with PTP labels instead of the task's, and the label counts.
+
+    teacher_logits: {split: (N, C) logits}; features: {split: Features with (N,) gold labels}.
+    Returns ({split: Features}, {split: [n0, n1, n2, n3]}), counts in PTP_LABEL_NAMES order:
+    run folders record the counts, so a near-empty class shows without rerunning the teacher.
+    """
+    relabelled, counts = {}, {}
+    for split, feats in features.items():
+        labels = ptp_labels(teacher_logits[split], feats.labels, t1, t2)
+        relabelled[split] = dataclasses.replace(feats, labels=labels)
+        counts[split] = labels.bincount(minlength=PTP_NUM_LABELS).tolist()
+    return relabelled, counts
 
 
 def _median(values: torch.Tensor) -> float:

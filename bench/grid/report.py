@@ -1,0 +1,196 @@
+"""The grid's results: one row per run (results.csv), mean ± std per variant and the paired
+comparisons of the paper's claims (results.md), PTP label counts, and the chart."""
+import json
+
+import pandas as pd
+
+from utils.ptp import PTP_LABEL_NAMES
+
+from .plan import VARIANTS
+from .stats import compare_claims
+
+# a PTP class under this share of the train examples makes the 4-way task near-degenerate
+MIN_PTP_SHARE = 0.02
+
+
+def ptp_summary(stage):
+    """Thresholds and train label counts a PTP run recorded in PTP.args.json (PTP.py), with a
+    warning text when a class holds under MIN_PTP_SHARE of the train examples (else None)."""
+    args = json.loads((stage.ptp_dir / "PTP.args.json").read_text(encoding="utf-8"))
+    t1, t2 = args.get("ptp_thresholds_used") or (None, None)
+    counts = (args.get("ptp_label_counts") or {}).get("train")
+    info = {"ptp_t1": t1, "ptp_t2": t2,
+            "ptp_train_counts": "/".join(map(str, counts)) if counts else None}
+    warning = None
+    if counts and min(counts) < MIN_PTP_SHARE * sum(counts):
+        small = [f"{name} {n}" for name, n in zip(PTP_LABEL_NAMES, counts)
+                 if n < MIN_PTP_SHARE * sum(counts)]
+        warning = (f"warning: {stage.label}: PTP class under {MIN_PTP_SHARE:.0%} of "
+                   f"{sum(counts)} train examples ({', '.join(small)}); counts "
+                   f"{info['ptp_train_counts']} ({', '.join(PTP_LABEL_NAMES)}) from thresholds "
+                   f"t1={t1:.4f}, t2={t2:.4f}; try --ptp_thresholds median")
+    return info, warning
+
+
+def collect(stages):
+    """One row per finished planned run (the teacher first) from its eval_results.json; PTP
+    variants also get their PTP run's thresholds and train label counts. Returns (frame,
+    {PTP stage label: (info, warning)})."""
+    ptp = {s.label: ptp_summary(s) for s in stages if s.kind == "ptp" and s.done.exists()}
+    ptp_of = {s.ptp_dir: s.label for s in stages if s.kind == "ptp"}
+    rows = []
+    for stage in stages:
+        if stage.kind not in ("teacher", "student") or not stage.done.exists():
+            continue
+        res = json.loads(stage.done.read_text(encoding="utf-8"))
+        best = res["best_acc"] or {}
+        row = {"variant": stage.variant or "teacher", "seed": stage.seed or "-",
+               "metric": res["main_metric"],
+               **{k: v for k, v in best.items() if k not in ("epoch", "step")},
+               "best_epoch": best.get("epoch"), "num_parameters": res["num_parameters"],
+               "effective_layers": res["effective_layers"],
+               "train_seconds": res["train_seconds"],
+               "eval_seconds": res.get("eval_seconds"),
+               # the stage's process from start to exit (None for a run recorded without it)
+               "wall_seconds": read_wall(stage),
+               "train_samples_per_second": res["train_samples_per_second"],
+               "inference_samples_per_second": res.get("inference_samples_per_second")}
+        if stage.ptp_dir is not None and ptp_of[stage.ptp_dir] in ptp:
+            row.update(ptp[ptp_of[stage.ptp_dir]][0])
+        rows.append(row)
+    return pd.DataFrame(rows), ptp
+
+
+def read_wall(stage):
+    try:
+        return json.loads(stage.record.read_text(encoding="utf-8")).get("wall_seconds")
+    except (OSError, ValueError):
+        return None
+
+
+def variant_order(frame):
+    return ["teacher"] + [v for v in VARIANTS if v in set(frame["variant"])]
+
+
+def summarize(frame):
+    """Mean and std per variant of every numeric column, as a Markdown table."""
+    order = variant_order(frame)
+    numeric = [c for c in frame.columns if c not in ("variant", "seed", "metric", "best_epoch")
+               and not c.startswith("ptp_") and pd.api.types.is_numeric_dtype(frame[c])]
+    grouped = frame.groupby("variant")[numeric]
+    mean, std, n = grouped.mean(), grouped.std().fillna(0.0), grouped.size()
+    lines = ["| variant | runs | " + " | ".join(numeric) + " |",
+             "|---|---|" + "---|" * len(numeric)]
+    for v in order:
+        cells = []
+        for c in numeric:
+            if c in ("num_parameters", "effective_layers"):
+                cells.append(f"{mean.loc[v, c]:,.0f}")
+            elif c.endswith(("seconds", "per_second")):
+                cells.append(f"{mean.loc[v, c]:.1f}")
+            else:
+                cells.append(f"{mean.loc[v, c]:.4f} ± {std.loc[v, c]:.4f}")
+        lines.append(f"| {v} | {n[v]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def claim_scores(frame, metric):
+    """{variant: {seed: dev metric}} of the student runs."""
+    students = frame[frame["variant"] != "teacher"]
+    return {v: dict(zip(g["seed"], g[metric].astype(float)))
+            for v, g in students.groupby("variant")}
+
+
+def comparisons(frame, metric):
+    return compare_claims(claim_scores(frame, metric))
+
+
+def comparisons_table(rows, metric):
+    """The paired comparisons as Markdown: one row per claim."""
+    lines = [f"| claim | a - b ({metric}) | seeds | mean difference | 95% interval (paired t) "
+             "| won / lost / tied | verdict |", "|---|---|---|---|---|---|---|"]
+    for c in rows:
+        interval = "-" if c.low is None else f"[{c.low:+.4f}, {c.high:+.4f}]"
+        mean = "-" if c.n == 0 else f"{c.mean:+.4f}"
+        lines.append(f"| {c.claim} | {c.a} - {c.b} | {c.n} | {mean} | {interval} | "
+                     f"{c.won} / {c.lost} / {c.tied} | {c.verdict} |")
+    return "\n".join(lines) + "\n"
+
+
+def ptp_table(ptp):
+    lines = ["| PTP run | t1 | t2 | train labels (" + " / ".join(PTP_LABEL_NAMES) + ") |",
+             "|---|---|---|---|"]
+    for label, (info, _) in ptp.items():
+        t1, t2 = info["ptp_t1"], info["ptp_t2"]
+        shown = [f"{t:.4f}" if t is not None else "-" for t in (t1, t2)]
+        lines.append(f"| {label} | {shown[0]} | {shown[1]} | {info['ptp_train_counts']} |")
+    return "\n".join(lines) + "\n"
+
+
+def overhead_line(frame):
+    """The share of each run's wall time that is not training (process start, tokenising,
+    loading the model and teacher file, evaluating), from wall_seconds and train_seconds."""
+    if "wall_seconds" not in frame or frame["wall_seconds"].isna().all():
+        return ""
+    timed = frame.dropna(subset=["wall_seconds"])
+    share = 1 - timed["train_seconds"] / timed["wall_seconds"]
+    fixed = timed["wall_seconds"] - timed["train_seconds"] - timed["eval_seconds"].fillna(0)
+    return (f"\nNot training: {share.median():.0%} of a run's wall time (median over "
+            f"{len(timed)} runs, range {share.min():.0%}-{share.max():.0%}); of it, outside "
+            f"training and evaluation (start, data, model): median {fixed.median():.1f} s.\n")
+
+
+def markdown(frame, ptp, rows, metric, header=""):
+    """results.md: settings header, per-variant table, claims, PTP labels and warnings."""
+    parts = [header, "## Per variant (mean ± std over seeds)\n\n", summarize(frame),
+             overhead_line(frame)]
+    if rows:
+        parts += ["\n## The paper's claims, paired over shared seeds\n\n",
+                  "`supported`: the 95% interval of the mean difference lies above 0; "
+                  "`contradicted`: below 0; `not decided`: it contains 0.\n\n",
+                  comparisons_table(rows, metric)]
+    if ptp:
+        parts += ["\n## PTP labels (train split)\n\n", ptp_table(ptp)]
+        parts += [f"\n{w}\n" for _, w in ptp.values() if w]
+    return "".join(parts)
+
+
+def plot(frame, rows, path, metric):
+    """Three panels: the dev metric per variant (mean ± std over seeds), inference
+    samples/s (SPS's cost beside its accuracy), and each claim's paired mean difference with
+    its 95% interval."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no chart (pip install -r requirements-bench.txt)")
+        return
+    order = variant_order(frame)
+    colors = ["#777"] + ["#4a7ab5"] * (len(order) - 1)
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    for ax, column, label in ((axes[0], metric, f"dev {metric}"),
+                              (axes[1], "inference_samples_per_second", "inference samples/s")):
+        stats = frame.groupby("variant")[column].agg(["mean", "std"]).reindex(order).fillna(0.0)
+        ax.bar(range(len(order)), stats["mean"], yerr=stats["std"], capsize=4, color=colors)
+        ax.set_xticks(range(len(order)), order, rotation=30, ha="right")
+        ax.set_ylabel(label)
+        if column == metric:
+            low, high = (stats["mean"] - stats["std"]).min(), (stats["mean"] + stats["std"]).max()
+            ax.set_ylim(max(-1.0, low - 0.05), min(1.0, high + 0.03))
+    ax = axes[2]
+    shown = [c for c in rows if c.n]
+    palette = {"supported": "#2a9d4a", "contradicted": "#c0392b"}
+    for i, c in enumerate(shown):
+        err = None if c.low is None else [[c.mean - c.low], [c.high - c.mean]]
+        ax.errorbar(c.mean, i, xerr=err, fmt="o", capsize=4,
+                    color=palette.get(c.verdict, "#777"))
+    ax.axvline(0.0, color="black", linewidth=0.8)
+    ax.set_yticks(range(len(shown)), [f"{c.a} - {c.b} ({c.n})" for c in shown])
+    ax.invert_yaxis()
+    ax.set_xlabel(f"paired difference in dev {metric} (95% t interval)")
+    task = frame.attrs.get("task", "")
+    fig.suptitle(f"{task} PeaKD variants (mean ± std over seeds; claims paired by seed)".strip())
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,124 @@
+"""Runs the planned stages as subprocesses, up to `jobs` at once, each after the stages it
+needs (teacher -> teacher_outputs -> PTP runs -> their students; the other students need only
+the teacher outputs).
+
+Threads: on a CPU the N processes get cores // N threads each (OMP_NUM_THREADS, which torch
+reads at start), so together they fill the machine without oversubscribing it. GPUs: several
+processes share one GPU; with several GPUs each process slot gets its own
+(CUDA_VISIBLE_DEVICES), so N slots spread over the GPUs.
+"""
+import os
+import subprocess
+import sys
+import time
+
+from .plan import SRC, GridError, write_record
+
+
+def cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def gpu_ids():
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES entries ([] without CUDA)."""
+    import torch
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible:
+        return [v.strip() for v in visible.split(",") if v.strip()][:count]
+    return [str(i) for i in range(count)]
+
+
+def slot_env(slot, jobs, base=None, n_cores=None, gpus=None):
+    """The environment of the process in `slot` (0..jobs-1). jobs 1 keeps the caller's
+    environment; more jobs get cores // jobs threads each, and one GPU per slot when there
+    are several GPUs."""
+    env = dict(os.environ if base is None else base)
+    if jobs == 1:
+        return env
+    threads = max(1, (n_cores or cores()) // jobs)
+    env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    gpus = gpu_ids() if gpus is None else gpus
+    if len(gpus) > 1:
+        env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
+    return env
+
+
+def start(stage, env, logs):
+    log = logs / f"{stage.label}.log"
+    # the record is replaced only when the stage finishes: an interrupted stage keeps none
+    stage.record.unlink(missing_ok=True)
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, str(SRC / stage.script), *stage.argv],
+                                stdout=f, stderr=subprocess.STDOUT, env=env)
+    return proc, log
+
+
+def run_stages(stages, work, logs, jobs=1, env_extra=None, on_done=None):
+    """Runs every stage whose results file is missing, in plan order as far as `needs` and
+    `jobs` allow; prints [run i/n] / [done i/n] / [skip i/n]. A failed stage stops new
+    starts; the running ones finish, then GridError names the failed stage's log.
+    on_done(stage) is called in the parent for each stage finished here."""
+    env_extra = env_extra or {}
+    total = len(stages)
+    position = {s.label: i for i, s in enumerate(stages, 1)}
+    finished = set()
+    pending = []
+    for stage in stages:
+        if stage.done.exists():
+            print(f"[skip {position[stage.label]}/{total}] {stage.label}: {stage.done} exists",
+                  flush=True)
+            finished.add(stage.label)
+        else:
+            pending.append(stage)
+    running, free, failures = {}, list(range(jobs)), []
+    gpus = gpu_ids() if jobs > 1 else []
+    envs = [{**slot_env(slot, jobs, gpus=gpus), **env_extra} for slot in range(jobs)]
+    try:
+        while pending or running:
+            while free and not failures:
+                ready = next((s for s in pending if set(s.needs) <= finished), None)
+                if ready is None:
+                    break
+                pending.remove(ready)
+                slot = free.pop(0)
+                proc, log = start(ready, envs[slot], logs)
+                running[proc] = (ready, slot, time.perf_counter(), log)
+                print(f"[run  {position[ready.label]}/{total}] {ready.label} ... (progress: "
+                      f"tail -f {log})", flush=True)
+            if not running:
+                if failures:
+                    break
+                raise GridError("stages wait on stages that are not planned: "
+                                f"{[s.label for s in pending]}")
+            time.sleep(0.2)
+            for proc in [p for p in running if p.poll() is not None]:
+                stage, slot, began, log = running.pop(proc)
+                free.append(slot)
+                tag = f"{position[stage.label]}/{total}"
+                if proc.returncode or not stage.done.exists():
+                    tail = log.read_text(errors="replace").strip().splitlines()[-1:]
+                    failures.append(f"{stage.label} failed (exit {proc.returncode}); see {log}: "
+                                    f"{' '.join(tail)}")
+                    print(f"[fail {tag}] {stage.label}", flush=True)
+                    continue
+                wall = time.perf_counter() - began
+                write_record(stage, work, round(wall, 2))
+                finished.add(stage.label)
+                print(f"[done {tag}] {stage.label} in {wall:.0f} s", flush=True)
+                if on_done:
+                    on_done(stage)
+    except BaseException:
+        # Ctrl-C or a crash here: stop the stages this grid started (their runs restart
+        # from scratch next time; a finished stage is never touched)
+        for proc in running:
+            proc.terminate()
+        for proc in running:
+            proc.wait()
+        raise
+    if failures:
+        more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+        raise GridError(failures[0] + more)

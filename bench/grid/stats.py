@@ -1,0 +1,114 @@
+"""The paper's claims as paired comparisons over seeds, with a t interval computed here (the
+project does not depend on scipy)."""
+import math
+from dataclasses import dataclass
+
+# (better, worse, claim): each row says "`better` scores higher than `worse`"
+CLAIMS = [
+    ("ptp_sps_pkd", "pkd", "PeaKD (PTP+SPS+PKD) beats PKD"),
+    ("pkd", "kd", "PKD beats KD"),
+    ("kd", "ft", "KD beats fine-tuning"),
+    ("sps_pkd", "pkd", "SPS helps PKD"),
+    ("sps_pkd", "sps_no_shuffle_pkd", "the shuffle helps SPS"),
+    ("ptp_pkd", "pkd", "PTP helps PKD"),
+    ("ptp_sps_pkd", "sps_pkd", "PTP helps SPS+PKD"),
+]
+
+
+def t_two_sided_mass(t, df):
+    """P(|T| <= t) for Student's t with an integer df >= 1 (t >= 0), in closed form
+    (Abramowitz & Stegun 26.7.3-4): with theta = atan(t / sqrt(df)), c = cos(theta)^2,
+
+        df odd:  (2 / pi) * (theta + sin(theta) cos(theta) * (1 + 2/3 c + 2*4/(3*5) c^2 + ...))
+                 with the sum's last power c^((df - 3) / 2), and no sum for df = 1;
+        df even: sin(theta) * (1 + 1/2 c + 1*3/(2*4) c^2 + ...), last power c^((df - 2) / 2).
+    """
+    theta = math.atan(t / math.sqrt(df))
+    c = math.cos(theta) ** 2
+    if df % 2:
+        total, term = 0.0, 1.0
+        if df > 1:
+            total = 1.0
+            for k in range(1, (df - 1) // 2):
+                term *= c * (2 * k) / (2 * k + 1)
+                total += term
+        return 2 / math.pi * (theta + math.sin(theta) * math.cos(theta) * total)
+    total, term = 1.0, 1.0
+    for k in range(1, df // 2):
+        term *= c * (2 * k - 1) / (2 * k)
+        total += term
+    return math.sin(theta) * total
+
+
+def t_quantile(p, df):
+    """The p-quantile (0.5 < p < 1) of Student's t with integer df >= 1, by bisection on
+    `t_two_sided_mass` to about 1e-12 (e.g. p 0.975: 12.706 at df 1, 2.776 at df 4)."""
+    if not 0.5 < p < 1 or int(df) != df or df < 1:
+        raise ValueError(f"need 0.5 < p < 1 and an integer df >= 1, got p {p}, df {df}")
+    mass = 2 * p - 1
+    low, high = 0.0, 1.0
+    while t_two_sided_mass(high, int(df)) < mass:
+        high *= 2
+    for _ in range(200):
+        mid = (low + high) / 2
+        if t_two_sided_mass(mid, int(df)) < mass:
+            low = mid
+        else:
+            high = mid
+        if high - low < 1e-12:
+            break
+    return (low + high) / 2
+
+
+@dataclass
+class Comparison:
+    """a - b over the n seeds both have: mean difference, 95% paired t interval (None for
+    n < 2), seeds where a won / lost / tied, and the verdict."""
+    a: str
+    b: str
+    claim: str
+    n: int
+    mean: float
+    low: float
+    high: float
+    won: int
+    lost: int
+    tied: int
+    verdict: str
+
+
+def verdict(low, high, n):
+    """'supported' when the interval lies above 0, 'contradicted' below, else 'not decided'."""
+    if n < 2:
+        return "too few seeds"
+    if low > 0:
+        return "supported"
+    if high < 0:
+        return "contradicted"
+    return "not decided"
+
+
+def paired(a_scores, b_scores, a="a", b="b", claim="", level=0.95):
+    """Compares two variants over the seeds both have. a_scores, b_scores: {seed: score}.
+
+    d_i = a_i - b_i over shared seeds i (n of them); mean m, sample std s (n - 1);
+    interval m -+ t_{(1+level)/2, n-1} * s / sqrt(n) (None for n < 2).
+    """
+    shared = sorted(set(a_scores) & set(b_scores), key=str)
+    diffs = [a_scores[s] - b_scores[s] for s in shared]
+    n = len(diffs)
+    mean = sum(diffs) / n if n else float("nan")
+    low = high = None
+    if n >= 2:
+        sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+        half = t_quantile((1 + level) / 2, n - 1) * sd / math.sqrt(n)
+        low, high = mean - half, mean + half
+    return Comparison(a, b, claim, n, mean, low, high, sum(d > 0 for d in diffs),
+                      sum(d < 0 for d in diffs), sum(d == 0 for d in diffs),
+                      verdict(low, high, n))
+
+
+def compare_claims(scores):
+    """The CLAIMS rows whose two variants both ran. scores: {variant: {seed: score}}."""
+    return [paired(scores[a], scores[b], a, b, claim) for a, b, claim in CLAIMS
+            if a in scores and b in scores]

@@ -1,0 +1,72 @@
+"""The grid's paired comparisons (bench/grid/stats.py) on fixed numbers with known answers, and
+how it shares the machine among processes (bench/grid/run.py)."""
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+from grid.stats import CLAIMS, compare_claims, paired, t_quantile, verdict  # noqa: E402
+
+
+@pytest.mark.parametrize("p, df, expected", [
+    # Student t quantiles from the standard tables (6 significant digits)
+    (0.975, 1, 12.7062), (0.975, 2, 4.30265), (0.975, 3, 3.18245), (0.975, 4, 2.77645),
+    (0.975, 5, 2.57058), (0.975, 9, 2.26216), (0.975, 10, 2.22814), (0.975, 29, 2.04523),
+    (0.975, 30, 2.04227), (0.975, 120, 1.97993), (0.95, 1, 6.31375), (0.995, 5, 4.03214),
+    (0.95, 20, 1.72472)])
+def test_t_quantile_matches_the_tables(p, df, expected):
+    assert t_quantile(p, df) == pytest.approx(expected, abs=6e-5)
+
+
+def test_t_quantile_refuses_what_it_cannot_compute():
+    for p, df in ((0.5, 3), (1.0, 3), (0.975, 0), (0.975, 2.5)):
+        with pytest.raises(ValueError):
+            t_quantile(p, df)
+
+
+def test_paired_interval_on_known_numbers():
+    # differences 0.02, 0.02, 0.01: mean 1/60, sd sqrt(1/3) / 100, t(0.975, 2) = 4.302653
+    c = paired({1: 0.80, 2: 0.82, 3: 0.81, 9: 0.5}, {1: 0.78, 2: 0.80, 3: 0.80, 7: 0.9})
+    half = 4.302653 * math.sqrt(1 / 3) / 100 / math.sqrt(3)
+    assert c.n == 3 and c.mean == pytest.approx(1 / 60)
+    assert (c.low, c.high) == (pytest.approx(1 / 60 - half, abs=1e-7),
+                               pytest.approx(1 / 60 + half, abs=1e-7))
+    assert (c.won, c.lost, c.tied, c.verdict) == (3, 0, 0, "supported")
+
+
+def test_verdicts():
+    assert paired({1: 0.7, 2: 0.7}, {1: 0.8, 2: 0.81}).verdict == "contradicted"
+    mixed = paired({1: 0.8, 2: 0.7, 3: 0.75}, {1: 0.7, 2: 0.8, 3: 0.75})
+    assert (mixed.mean, mixed.won, mixed.lost, mixed.tied, mixed.verdict) == \
+        (pytest.approx(0.0, abs=1e-12), 1, 1, 1, "not decided")
+    one = paired({1: 0.9, 2: 0.9}, {1: 0.1})
+    assert (one.n, one.low, one.high, one.verdict) == (1, None, None, "too few seeds")
+    assert paired({1: 0.9}, {2: 0.1}).n == 0
+    # an interval that touches 0 does not exclude it
+    assert verdict(0.0, 0.1, 5) == "not decided" and verdict(1e-9, 0.1, 5) == "supported"
+
+
+def test_claims_cover_the_papers_comparisons_that_ran():
+    assert [(a, b) for a, b, _ in CLAIMS] == [
+        ("ptp_sps_pkd", "pkd"), ("pkd", "kd"), ("kd", "ft"), ("sps_pkd", "pkd"),
+        ("sps_pkd", "sps_no_shuffle_pkd"), ("ptp_pkd", "pkd"), ("ptp_sps_pkd", "sps_pkd")]
+    rows = compare_claims({"kd": {1: 0.8, 2: 0.8}, "ft": {1: 0.7, 2: 0.75}, "pkd": {1: 0.8}})
+    assert [(r.a, r.b, r.n, r.verdict) for r in rows] == [
+        ("pkd", "kd", 1, "too few seeds"), ("kd", "ft", 2, "not decided")]
+
+
+def test_each_process_slot_gets_its_share_of_cores_and_gpus():
+    from grid.run import slot_env
+
+    base = {"PATH": "/bin", "OMP_NUM_THREADS": "7"}
+    assert slot_env(0, 1, base, n_cores=8, gpus=["0", "1"]) == base  # one job: as called
+    env = slot_env(1, 2, base, n_cores=8, gpus=[])
+    assert env["OMP_NUM_THREADS"] == "4" and "CUDA_VISIBLE_DEVICES" not in env
+    assert slot_env(0, 3, base, n_cores=2, gpus=["5"])["OMP_NUM_THREADS"] == "1"
+    assert "CUDA_VISIBLE_DEVICES" not in slot_env(0, 3, base, n_cores=2, gpus=["5"])
+    assert [slot_env(s, 3, base, n_cores=16, gpus=["2", "3"])["CUDA_VISIBLE_DEVICES"]
+            for s in range(3)] == ["2", "3", "2"]
+    assert base == {"PATH": "/bin", "OMP_NUM_THREADS": "7"}
