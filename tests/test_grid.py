@@ -70,3 +70,24 @@ def test_each_process_slot_gets_its_share_of_cores_and_gpus():
     assert [slot_env(s, 3, base, n_cores=16, gpus=["2", "3"])["CUDA_VISIBLE_DEVICES"]
             for s in range(3)] == ["2", "3", "2"]
     assert base == {"PATH": "/bin", "OMP_NUM_THREADS": "7"}
+
+
+def test_an_interrupted_stage_resumes_and_a_fresh_one_starts(tmp_path):
+    from grid.plan import Stage
+    from grid.run import resume_flag
+
+    def stage(done):
+        return Stage(label="x", kind="student", argv=[], done=done, record=tmp_path / "r.json")
+
+    student, ptp = tmp_path / "ft_seed1", tmp_path / "ptp_SPS_seed1"
+    student.mkdir()
+    ptp.mkdir()
+    assert resume_flag(stage(student / "eval_results.json")) == []
+    (student / "resume_state.pkl").write_bytes(b"")
+    assert resume_flag(stage(student / "eval_results.json")) == ["--resume"]
+    # PTP runs carry their prefix; the teacher file has no resume state
+    (ptp / "resume_state.pkl").write_bytes(b"")
+    assert resume_flag(stage(ptp / "PTP.eval_results.json")) == []
+    (ptp / "PTP.resume_state.pkl").write_bytes(b"")
+    assert resume_flag(stage(ptp / "PTP.eval_results.json")) == ["--resume"]
+    assert resume_flag(stage(tmp_path / "MRPC_patient_kd_teacher_6layer_result_summary.pkl")) == []

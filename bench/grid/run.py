@@ -12,6 +12,8 @@ import subprocess
 import sys
 import time
 
+from utils.runs import RESULTS_FILE, RESUME_FILE
+
 from .plan import SRC, GridError, write_record
 
 
@@ -47,12 +49,24 @@ def slot_env(slot, jobs, base=None, n_cores=None, gpus=None):
     return env
 
 
+def resume_flag(stage):
+    """["--resume"] when an interrupted run of this stage left its resume state (written at
+    every end-of-epoch evaluation) where its results go: a 7-epoch stage killed in epoch 6
+    goes on from epoch 5 instead of from scratch. The script refuses the resume, and the
+    stage fails naming the flags, when the run was started with other settings."""
+    if not stage.done.name.endswith(RESULTS_FILE):
+        return []
+    state = stage.done.with_name(stage.done.name[:-len(RESULTS_FILE)] + RESUME_FILE)
+    return ["--resume"] if state.is_file() else []
+
+
 def start(stage, env, logs):
     log = logs / f"{stage.label}.log"
     # the record is replaced only when the stage finishes: an interrupted stage keeps none
     stage.record.unlink(missing_ok=True)
-    with open(log, "w") as f:
-        proc = subprocess.Popen([sys.executable, str(SRC / stage.script), *stage.argv],
+    resume = resume_flag(stage)
+    with open(log, "a" if resume else "w") as f:
+        proc = subprocess.Popen([sys.executable, str(SRC / stage.script), *stage.argv, *resume],
                                 stdout=f, stderr=subprocess.STDOUT, env=env)
     return proc, log
 
@@ -85,10 +99,11 @@ def run_stages(stages, work, logs, jobs=1, env_extra=None, on_done=None):
                     break
                 pending.remove(ready)
                 slot = free.pop(0)
+                resuming = " (resuming its last saved epoch)" if resume_flag(ready) else ""
                 proc, log = start(ready, envs[slot], logs)
                 running[proc] = (ready, slot, time.perf_counter(), log)
-                print(f"[run  {position[ready.label]}/{total}] {ready.label} ... (progress: "
-                      f"tail -f {log})", flush=True)
+                print(f"[run  {position[ready.label]}/{total}] {ready.label}{resuming} ... "
+                      f"(progress: tail -f {log})", flush=True)
             if not running:
                 if failures:
                     break
@@ -112,8 +127,8 @@ def run_stages(stages, work, logs, jobs=1, env_extra=None, on_done=None):
                 if on_done:
                     on_done(stage)
     except BaseException:
-        # Ctrl-C or a crash here: stop the stages this grid started (their runs restart
-        # from scratch next time; a finished stage is never touched)
+        # Ctrl-C or a crash here: stop the stages this grid started (next time they resume
+        # from their last end-of-epoch state; a finished stage is never touched)
         for proc in running:
             proc.terminate()
         for proc in running:
