@@ -8,8 +8,8 @@ Variants: ft, kd, pkd (plain k-layer students), sps_no_shuffle_pkd, sps_pkd (SPS
 ptp_pkd, ptp_sps_pkd (PTP start point, then PKD). `--protocol` picks named settings
 (grid/protocols.py: `authors`, the default, or `quick`); a flag given explicitly wins. Each
 finished stage records the settings that made it (grid_stage.json): a repeated command skips
-finished stages, so an interrupted grid resumes, and a command with other settings in the same
-work folder is refused. Writes results.csv (one row per run), results.md (mean ± std per
+finished stages and continues an interrupted one from its last epoch (--resume), and a command
+with other settings in the same work folder is refused. Writes results.csv (one row per run), results.md (mean ± std per
 variant, the paper's claims as paired comparisons over seeds, PTP label counts) and results.png
 (matplotlib, optional).
 """
