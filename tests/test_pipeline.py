@@ -80,10 +80,8 @@ def test_four_scripts_chain_and_write_the_spec_artifacts(pipeline):
     assert student["train_type"] == "pkd" and student["effective_layers"] == 4
     assert student["num_parameters"] < pipeline["teacher"]["num_parameters"]
     assert set(student["best_acc"]) >= {"acc", "f1", "acc_and_f1", "loss", "epoch", "step"}
-    # the run says which CPU matmul library computed it
-    linear = student["cpu_linear"]
-    assert set(linear) == {"requested", "train", "infer"} and linear["requested"] == "auto"
-    assert {linear["train"], linear["infer"]} <= {"mkl", "onednn"}
+    # the run says which CPU matmul library computed it: a tiny model's layers all take F.linear
+    assert student["cpu_linear"] == {"requested": "auto", "train": "mkl", "infer": "mkl"}
 
 
 def test_teacher_file_schema(pipeline):

@@ -293,6 +293,21 @@ def test_auto_choice_is_measured_once_and_kept(fresh_choice):
     assert first["train"] == first["infer"] == "onednn"
 
 
+def test_what_a_run_records_never_starts_the_probe(fresh_choice):
+    probes = []
+    fresh_choice.setattr(fast_linear, "time_paths",
+                         lambda: probes.append(1) or fake_timings(mkl=3.0, onednn=1.0))
+    fresh_choice.setattr(fast_linear, "_onednn_usable", lambda: True)
+    fresh_choice.setattr(fast_linear, "_ONEDNN_OK", None)
+    # no layer needed the choice yet: everything took F.linear
+    assert fast_linear.used_paths() == {"requested": "auto", "train": "mkl", "infer": "mkl"}
+    assert probes == []
+    fast_linear.chosen_paths()
+    assert fast_linear.used_paths() == {"requested": "auto", "train": "onednn",
+                                        "infer": "onednn"}
+    assert len(probes) == 1
+
+
 def test_auto_takes_onednn_only_when_it_wins_by_the_margin():
     assert fast_linear.decide(fake_timings(mkl=2.0, onednn=1.0)) == {"train": "onednn",
                                                                      "infer": "onednn"}

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from BERT.pytorch_pretrained_bert import BertAdam, count_parameters
-from BERT.pytorch_pretrained_bert.linear import (chosen_paths as chosen_linear_paths,
-                                                 requested_path as requested_linear_path)
+from BERT.pytorch_pretrained_bert.linear import (requested_path as requested_linear_path,
+                                                 used_paths as used_linear_paths)
 
 from . import parallel
 from .checkpoints import atomic_torch_save, safe_torch_load, save_model_checkpoint, write_json
@@ -444,8 +444,7 @@ class _TrainingRun:
         if next(model.parameters()).device.type == "cpu":
             # MKL and oneDNN round differently, so a run says which computed it (auto: timed
             # per process, linear.py)
-            results["cpu_linear"] = {k: v for k, v in chosen_linear_paths().items()
-                                     if k in ("requested", "train", "infer")}
+            results["cpu_linear"] = used_linear_paths()
         write_json(run_file(self.run_dir, RESULTS_FILE, self.prefix), results)
         run_file(self.run_dir, RESUME_FILE, self.prefix).unlink(missing_ok=True)
         return results

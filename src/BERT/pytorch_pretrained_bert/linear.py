@@ -176,28 +176,49 @@ def auto_choice():
     return _AUTO
 
 
-def chosen_paths():
-    """What fp32 CPU Linears use now: {"requested", "train", "infer"[, "seconds", "shape"]}."""
+def _onednn_ok():
+    """Whether torch's private oneDNN op works here (probed once per process)."""
     global _ONEDNN_OK
-    requested = requested_path()
     if _ONEDNN_OK is None:
         _ONEDNN_OK = _onednn_usable()
-    if requested == "mkl" or not _ONEDNN_OK:
+    return _ONEDNN_OK
+
+
+def chosen_paths():
+    """What fp32 CPU Linears use now: {"requested", "train", "infer"[, "seconds", "shape"]}."""
+    requested = requested_path()
+    if requested == "mkl" or not _onednn_ok():
         return {"requested": requested, "train": "mkl", "infer": "mkl",
-                "onednn_usable": _ONEDNN_OK}
+                "onednn_usable": _onednn_ok()}
     if requested == "onednn":
         return {"requested": requested, "train": "onednn", "infer": "onednn",
                 "onednn_usable": True}
     return {"requested": requested, "onednn_usable": True, **auto_choice()}
 
 
+def used_paths():
+    """{"requested", "train", "infer"}: what this process's fp32 CPU Linears used so far. Unlike
+    `chosen_paths` it never starts the timing probe: with `auto` and no layer large enough to
+    need the choice, every Linear took F.linear ("mkl")."""
+    requested = requested_path()
+    if requested == "auto" and not _AUTO:
+        return {"requested": requested, "train": "mkl", "infer": "mkl"}
+    paths = chosen_paths()
+    return {k: paths[k] for k in ("requested", "train", "infer")}
+
+
 def _use_onednn(x, weight):
+    # called for every Linear forward: one read of the setting, no dict built
     requested = requested_path()
     if requested == "mkl" or (requested == "auto" and weight.numel() < SMALL_WEIGHT):
         return False
+    if not _onednn_ok():
+        return False
+    if requested == "onednn":
+        return True
     mode = "train" if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad) \
         else "infer"
-    return chosen_paths()[mode] == "onednn"
+    return auto_choice()[mode] == "onednn"
 
 
 def linear(x, weight, bias=None):
