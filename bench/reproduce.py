@@ -9,7 +9,8 @@ ptp_pkd, ptp_sps_pkd (PTP start point, then PKD). `--protocol` picks named setti
 (grid/protocols.py: `authors`, the default, or `quick`); a flag given explicitly wins. Each
 finished stage records the settings that made it (grid_stage.json): a repeated command skips
 finished stages and continues an interrupted one from its last epoch (--resume), and a command
-with other settings in the same work folder is refused. Writes results.csv (one row per run), results.md (mean ± std per
+with other settings in the same work folder is refused. `--report_only` writes the tables from
+the stages finished so far without running any (a grid that spans sessions). Writes results.csv (one row per run), results.md (mean ± std per
 variant, the paper's claims as paired comparisons over seeds, PTP label counts) and results.png
 (matplotlib, optional).
 """
@@ -68,6 +69,9 @@ def build_parser():
                    help="tokenise the data in every stage (default: once per split into "
                         "WORK/cache, PEAKD_FEATURE_CACHE)")
     p.add_argument("--no_plot", action="store_true")
+    p.add_argument("--report_only", action="store_true",
+                   help="write the tables and chart from the stages finished so far, run none "
+                        "(results.md names the stages still missing)")
     return p
 
 
@@ -98,6 +102,17 @@ def prepare(args):
     return work, stages, given
 
 
+def progress_line(stages):
+    """'Finished n of m stages' and, when some are missing, which (results.md's second line)."""
+    missing = [s.label for s in stages if not s.done.exists()]
+    line = f"Finished {len(stages) - len(missing)} of {len(stages)} stages"
+    if missing:
+        shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8
+                                           else "")
+        line += f"; not yet: {shown}. A partial grid: its tables cover the finished runs only"
+    return line + ".\n\n"
+
+
 def print_ptp(stage):
     """The PTP run's train label counts and thresholds, and a warning for a near-empty class."""
     info, warning = report.ptp_summary(stage)
@@ -112,11 +127,16 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         work, stages, given = prepare(args)
-        logs = work / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        cache = {} if args.no_feature_cache else {FEATURE_CACHE_ENV: str(work / "cache")}
-        run_stages(stages, work, logs, args.jobs, env_extra=cache,
-                   on_done=lambda s: print_ptp(s) if s.kind == "ptp" else None)
+        if args.report_only:
+            if not stages[0].done.exists():
+                raise GridError(f"--report_only: {stages[0].label} has not finished in "
+                                f"{work}; nothing to tabulate yet")
+        else:
+            logs = work / "logs"
+            logs.mkdir(parents=True, exist_ok=True)
+            cache = {} if args.no_feature_cache else {FEATURE_CACHE_ENV: str(work / "cache")}
+            run_stages(stages, work, logs, args.jobs, env_extra=cache,
+                       on_done=lambda s: print_ptp(s) if s.kind == "ptp" else None)
     except GridError as e:
         raise SystemExit(f"error: {e}") from None
     frame, ptp = report.collect(stages)
@@ -124,7 +144,8 @@ def main(argv=None):
     metric = frame["metric"].iloc[0]
     rows = report.comparisons(frame, metric)
     frame.to_csv(work / "results.csv", index=False)
-    text = report.markdown(frame, ptp, rows, metric, settings_header(args, given))
+    text = report.markdown(frame, ptp, rows, metric,
+                           settings_header(args, given) + progress_line(stages))
     (work / "results.md").write_text(text)
     write_json(work / "grid_settings.json", {k: v for k, v in vars(args).items()
                                              if not k.endswith("_list")})

@@ -111,6 +111,27 @@ def test_the_table_holds_only_the_current_plan(cola_grid, tmp_path):
     assert not (work / "logs" / "ft_seed9.log").exists()
 
 
+def test_report_only_tables_the_finished_runs_and_names_the_missing(cola_grid, tmp_path,
+                                                                     capsys):
+    reproduce, argv, root, frame = cola_grid
+    work = tmp_path / "work"
+    shutil.copytree(root / "work", work)
+    shutil.rmtree(work / "ptp_sps_pkd_seed1")  # as if the grid stopped before its last run
+    moved = [str(work) if a == str(root / "work") else a for a in argv]
+    partial = reproduce.main(moved + ["--no_plot", "--report_only"])
+    out = capsys.readouterr().out
+    assert "[run " not in out and not (work / "ptp_sps_pkd_seed1").exists()
+    assert list(partial["variant"]) == ["teacher", "ft"]
+    table = (work / "results.md").read_text()
+    assert "Finished 4 of 5 stages; not yet: ptp_sps_pkd_seed1." in table
+    assert "| ptp_sps_pkd |" not in table
+    assert "Finished 5 of 5 stages.\n" in (root / "work" / "results.md").read_text()
+    shutil.rmtree(work / "teacher")
+    with pytest.raises(SystemExit) as err:
+        reproduce.main(moved + ["--no_plot", "--report_only"])
+    assert "teacher has not finished" in str(err.value) and "\n" not in str(err.value)
+
+
 def test_jobs_2_gives_the_same_results_as_jobs_1(cola_grid, capsys):
     reproduce, argv, root, frame = cola_grid
     work2 = root / "work-jobs2"

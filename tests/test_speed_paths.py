@@ -1,5 +1,5 @@
-"""The speed measures change no results: dynamic padding, SDPA, the mask skip, oneDNN linears and
-the fused BertAdam step agree with the plain paths (fp32, tiny models, CPU)."""
+"""The speed measures change no results: dynamic padding, packed tokens, SDPA, the mask skip,
+oneDNN linears and the fused BertAdam step agree with the plain paths (fp32, tiny models, CPU)."""
 import argparse
 import contextlib
 import importlib.util
@@ -28,13 +28,13 @@ MAX_LEN = 128
 @contextmanager
 def plain_paths():
     """Every speed switch off, and SDPA's reference (math) kernel: the eager path."""
-    old = fast_linear.LINEAR_PATH, modeling.SKIP_FULL_MASK
-    fast_linear.LINEAR_PATH, modeling.SKIP_FULL_MASK = "mkl", False
+    old = fast_linear.LINEAR_PATH, modeling.SKIP_FULL_MASK, modeling.PACK_MIN_PADDING
+    fast_linear.LINEAR_PATH, modeling.SKIP_FULL_MASK, modeling.PACK_MIN_PADDING = "mkl", False, None
     try:
         with sdpa_kernel(SDPBackend.MATH):
             yield
     finally:
-        fast_linear.LINEAR_PATH, modeling.SKIP_FULL_MASK = old
+        fast_linear.LINEAR_PATH, modeling.SKIP_FULL_MASK, modeling.PACK_MIN_PADDING = old
 
 
 def tiny_features(n=23, seed=0):
@@ -88,8 +88,83 @@ def test_training_gradients_equal_plain_paths(model_type):
     with plain_paths():
         ref_loss, ref = grads(features.batch(index, pad_to_max=True))
     assert abs(loss - ref_loss) < 1e-5
+    # fp32 rounding follows the largest gradients through the backward pass: 1e-5 of the
+    # largest (the packed path in float64 agrees within 1e-10, see the dropout test below)
+    scale = max(1.0, max(g.abs().max().item() for g in ref.values()))
     for name in ref:
-        assert (fast[name] - ref[name]).abs().max() < 1e-5, name
+        assert (fast[name] - ref[name]).abs().max() < 1e-5 * scale, name
+
+
+@contextmanager
+def packing(min_padding):
+    old = modeling.PACK_MIN_PADDING
+    modeling.PACK_MIN_PADDING = min_padding
+    try:
+        yield
+    finally:
+        modeling.PACK_MIN_PADDING = old
+
+
+@pytest.mark.parametrize("model_type,dtype,tol", [("Original", torch.float32, 1e-5),
+                                                  ("SPS", torch.float32, 1e-5),
+                                                  ("SPS", torch.float64, 1e-10)])
+def test_packed_training_with_dropout_is_the_padded_run(model_type, dtype, tol):
+    """Dropout on: with one seed, packed tokens draw the padded batch's masks, so loss, every
+    effective layer's [CLS] and every gradient equal the padded path's up to rounding (fp32:
+    1e-5 of the largest value; float64: 1e-10)."""
+    torch.manual_seed(2)
+    model = build_classifier(BertConfig(**TINY), 2, model_type).train().to(dtype)
+    features = tiny_features(seed=2)
+    index = train_batches(len(features), 8, torch.Generator().manual_seed(0))[0]
+    batch = features.batch(index)
+    assert modeling.choose_packing(batch["attention_mask"]) is not None
+
+    def run(min_padding):
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(7)
+        with packing(min_padding):
+            out = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
+                        output_all_encoded_layers=True)
+        cls = torch.stack([h[:, 0] for h in out.encoded_layers], dim=1)
+        loss = F.cross_entropy(out.logits, batch["labels"]) + cls.pow(2).mean()
+        loss.backward()
+        return loss.detach(), cls.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    (loss, cls, got), (ref_loss, ref_cls, ref) = run(0.0), run(None)
+    assert abs(loss - ref_loss) < tol and (cls - ref_cls).abs().max() < tol
+    scale = max(1.0, max(g.abs().max().item() for g in ref.values()))
+    for name in ref:
+        assert (got[name] - ref[name]).abs().max() < tol * scale, name
+    # another seed draws other masks: the comparison above is not vacuous
+    torch.manual_seed(8)
+    with packing(0.0):
+        other = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"]).logits
+    assert (other.detach() - model.eval()(batch["input_ids"], batch["token_type_ids"],
+                                          batch["attention_mask"]).logits.detach()).abs().max() > 1e-4
+
+
+def test_packing_takes_batches_with_enough_padding_and_keeps_the_output_shapes():
+    full = torch.ones(2, 6, dtype=torch.long)
+    some = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0]])  # 1/12 padding
+    half = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 0, 0, 0, 0]])
+    with packing(0.1):
+        assert modeling.choose_packing(full) is None and modeling.choose_packing(some) is None
+        p = modeling.choose_packing(half)
+    assert p.index.tolist() == [0, 1, 2, 3, 4, 5, 6, 7] and (p.batch, p.length) == (2, 6)
+    with packing(0.0):
+        assert modeling.choose_packing(some) is not None and modeling.choose_packing(full) is None
+    with packing(None):
+        assert modeling.choose_packing(half) is None
+    x = torch.randn(2, 6, 3)
+    packed = p.pack(x)
+    assert packed.shape == (8, 3) and torch.equal(p.unpack(packed)[half.bool()], x[half.bool()])
+    assert not p.unpack(packed)[~half.bool()].any()
+    model = build_classifier(BertConfig(**TINY), 2, "SPS").eval()
+    with packing(0.0):
+        out = model(torch.randint(1, 99, (2, 6)) * half, attention_mask=half,
+                    output_all_encoded_layers=True)
+    assert out.logits.shape == (2, 2) and len(out.encoded_layers) == 4
+    assert all(h.shape == (2, 6, 32) for h in out.encoded_layers)
 
 
 @pytest.mark.parametrize("model_type", ["Original", "SPS"])
