@@ -11,7 +11,7 @@ import torch
 import envs
 from helpers import load_script, make_glue, make_tiny_bert
 from BERT.pytorch_pretrained_bert.optimization import warmup_linear
-from utils import teacher_outputs
+from utils import runs, teacher_outputs
 from utils.features import train_batches
 from utils.glue import get_task
 
@@ -82,6 +82,10 @@ def test_four_scripts_chain_and_write_the_spec_artifacts(pipeline):
     assert set(student["best_acc"]) >= {"acc", "f1", "acc_and_f1", "loss", "epoch", "step"}
     # the run says which CPU matmul library computed it: a tiny model's layers all take F.linear
     assert student["cpu_linear"] == {"requested": "auto", "train": "mkl", "infer": "mkl"}
+    # and which code: the commit of this checkout (None only outside a git checkout)
+    if (ROOT / ".git").exists():
+        assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", student["code"]), student["code"]
+    assert student["code"] == runs.code_version()
 
 
 def test_teacher_file_schema(pipeline):

@@ -68,6 +68,7 @@ def test_grid_runs_collects_and_resumes(cola_grid, capsys):
     assert "## PTP labels" in table and "| ptp_SPS_seed1 |" in table
     assert frame["wall_seconds"].gt(frame["train_seconds"]).all()
     assert "Not training: " in table
+    assert "\nCode: " in table and "(3 runs)" in table  # one commit made all three runs
     # every stage tokenised through one cache: one file per split (train, dev), not per stage
     assert len(list((work / "cache").glob("CoLA-*.pt"))) == 2
     csv = pd.read_csv(work / "results.csv")

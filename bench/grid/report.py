@@ -54,7 +54,8 @@ def collect(stages):
                # the stage's process from start to exit (None for a run recorded without it)
                "wall_seconds": read_wall(stage),
                "train_samples_per_second": res["train_samples_per_second"],
-               "inference_samples_per_second": res.get("inference_samples_per_second")}
+               "inference_samples_per_second": res.get("inference_samples_per_second"),
+               "code": res.get("code")}  # the git commit that made the run
         if stage.ptp_dir is not None and ptp_of[stage.ptp_dir] in ptp:
             row.update(ptp[ptp_of[stage.ptp_dir]][0])
         rows.append(row)
@@ -140,10 +141,18 @@ def overhead_line(frame):
             f"training and evaluation (start, data, model): median {fixed.median():.1f} s.\n")
 
 
+def code_line(frame):
+    """Which commits made the runs (eval_results.json `code`), so a pooled table shows it."""
+    if "code" not in frame:
+        return ""
+    counts = frame["code"].fillna("not recorded").map(lambda c: c[:12]).value_counts()
+    return ("\nCode: " + ", ".join(f"{c} ({n} runs)" for c, n in counts.items()) + ".\n")
+
+
 def markdown(frame, ptp, rows, metric, header=""):
     """results.md: settings header, per-variant table, claims, PTP labels and warnings."""
     parts = [header, "## Per variant (mean ± std over seeds)\n\n", summarize(frame),
-             overhead_line(frame)]
+             overhead_line(frame), code_line(frame)]
     if rows:
         parts += ["\n## The paper's claims, paired over shared seeds\n\n",
                   "`supported`: the 95% interval of the mean difference lies above 0; "

@@ -2,6 +2,7 @@
 and the checks before `--resume` continues an interrupted run."""
 import csv
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -84,6 +85,25 @@ def check_resume_args(run_dir, args, prefix="BERT"):
         listing = ", ".join(f"--{k} {now.get(k)} (was {saved.get(k)})" for k in changed)
         raise PeakdError(f"--resume must repeat the interrupted run's flags; these differ from "
                          f"its {path.name}: {listing}")
+
+
+def code_version():
+    """The git commit of the code that ran, with '+dirty' when tracked files differ from it;
+    None outside a git checkout. Recorded in eval_results.json, so a table that pools runs can
+    show which code made each."""
+    root = Path(__file__).resolve().parents[2]
+
+    def git(*argv):
+        return subprocess.run(["git", "-C", str(root), *argv], capture_output=True, text=True,
+                              timeout=30)
+    try:
+        head = git("rev-parse", "HEAD")
+        if head.returncode:
+            return None
+        dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty else "")
 
 
 def write_args(path, args, prefix="BERT"):

@@ -35,7 +35,7 @@ from .errors import Interrupted, PeakdError
 from .features import eval_batches, train_batches
 from .metrics import metrics_for
 from .modeling import effective_layers
-from .runs import RESULTS_FILE, RESUME_FILE, CsvLog, run_file
+from .runs import RESULTS_FILE, RESUME_FILE, CsvLog, code_version, run_file
 
 TRAIN_LOG, EVAL_LOG = "train_log.csv", "eval_log.csv"
 LOG_FILES = (TRAIN_LOG, EVAL_LOG)
@@ -445,6 +445,7 @@ class _TrainingRun:
             # MKL and oneDNN round differently, so a run says which computed it (auto: timed
             # per process, linear.py)
             results["cpu_linear"] = used_linear_paths()
+        results["code"] = code_version()
         write_json(run_file(self.run_dir, RESULTS_FILE, self.prefix), results)
         run_file(self.run_dir, RESUME_FILE, self.prefix).unlink(missing_ok=True)
         return results
