@@ -91,3 +91,31 @@ def test_an_interrupted_stage_resumes_and_a_fresh_one_starts(tmp_path):
     (ptp / "PTP.resume_state.pkl").write_bytes(b"")
     assert resume_flag(stage(ptp / "PTP.eval_results.json")) == ["--resume"]
     assert resume_flag(stage(tmp_path / "MRPC_patient_kd_teacher_6layer_result_summary.pkl")) == []
+
+
+def test_a_resumed_stage_records_no_wall_time(tmp_path, monkeypatch):
+    """Its earlier attempts ran in processes the grid did not time: the record says None
+    rather than the last attempt's seconds (which made 'not training' negative)."""
+    import json
+    import subprocess
+
+    import grid.run as run
+    from grid.plan import Stage
+
+    def fake_start(stage, env, logs):
+        log = logs / f"{stage.label}.log"
+        proc = subprocess.Popen([sys.executable, "-c",
+                                 f"open({str(stage.done)!r}, 'w').write('{{}}')"])
+        return proc, log
+
+    monkeypatch.setattr(run, "start", fake_start)
+    stages = []
+    for label in ("fresh", "resumed"):
+        (tmp_path / label).mkdir()
+        stages.append(Stage(label=label, kind="student", argv=[],
+                            done=tmp_path / label / "eval_results.json",
+                            record=tmp_path / label / "grid_stage.json"))
+    (tmp_path / "resumed" / "resume_state.pkl").write_bytes(b"")
+    run.run_stages(stages, tmp_path, tmp_path)
+    fresh, resumed = (json.loads(s.record.read_text()) for s in stages)
+    assert fresh["wall_seconds"] > 0 and resumed["wall_seconds"] is None

@@ -101,7 +101,7 @@ def run_stages(stages, work, logs, jobs=1, env_extra=None, on_done=None):
                 slot = free.pop(0)
                 resuming = " (resuming its last saved epoch)" if resume_flag(ready) else ""
                 proc, log = start(ready, envs[slot], logs)
-                running[proc] = (ready, slot, time.perf_counter(), log)
+                running[proc] = (ready, slot, time.perf_counter(), log, bool(resuming))
                 print(f"[run  {position[ready.label]}/{total}] {ready.label}{resuming} ... "
                       f"(progress: tail -f {log})", flush=True)
             if not running:
@@ -111,7 +111,7 @@ def run_stages(stages, work, logs, jobs=1, env_extra=None, on_done=None):
                                 f"{[s.label for s in pending]}")
             time.sleep(0.2)
             for proc in [p for p in running if p.poll() is not None]:
-                stage, slot, began, log = running.pop(proc)
+                stage, slot, began, log, resumed = running.pop(proc)
                 free.append(slot)
                 tag = f"{position[stage.label]}/{total}"
                 if proc.returncode or not stage.done.exists():
@@ -121,9 +121,12 @@ def run_stages(stages, work, logs, jobs=1, env_extra=None, on_done=None):
                     print(f"[fail {tag}] {stage.label}", flush=True)
                     continue
                 wall = time.perf_counter() - began
-                write_record(stage, work, round(wall, 2))
+                # a resumed stage's earlier attempts ran in processes this grid did not time,
+                # so its wall time is unknown (its train_seconds does cover every attempt)
+                write_record(stage, work, None if resumed else round(wall, 2))
                 finished.add(stage.label)
-                print(f"[done {tag}] {stage.label} in {wall:.0f} s", flush=True)
+                print(f"[done {tag}] {stage.label} in {wall:.0f} s"
+                      + (" (this attempt; resumed)" if resumed else ""), flush=True)
                 if on_done:
                     on_done(stage)
     except BaseException:
