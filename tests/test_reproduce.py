@@ -277,3 +277,17 @@ def test_ptp_summary_warns_about_a_near_empty_class(tmp_path):
     assert "unconfidently wrong" not in warning.split(";")[0]
     assert summary([1000, 1000, 500, 500])[1] is None
     assert summary([980, 1000, 500, 20])[1] is not None  # 20 / 2500 = 0.8%
+
+
+def test_each_seed_starts_its_longest_chain_first(tmp_path):
+    """The runner takes the first ready stage in plan order: a seed's PTP runs (SPS's first)
+    and their students come before the other students, whatever order --variants gives."""
+    reproduce = load_reproduce()
+    _, argv = plan(reproduce, tmp_path, "--seeds", "1,2", "--variants",
+                   "ft,kd,pkd,sps_no_shuffle_pkd,sps_pkd,ptp_pkd,ptp_sps_pkd")
+    seed1 = ["ptp_SPS_seed1", "ptp_Original_seed1", "ptp_sps_pkd_seed1", "ptp_pkd_seed1",
+             "ft_seed1", "kd_seed1", "pkd_seed1", "sps_no_shuffle_pkd_seed1", "sps_pkd_seed1"]
+    assert list(argv) == ["teacher", "teacher_outputs", *seed1,
+                          *[label.replace("seed1", "seed2") for label in seed1]]
+    assert flag(argv["ptp_pkd_seed2"], "--load_model_dir").endswith(
+        "ptp_Original_seed2/PTP.encoder_loss.pkl")

@@ -185,22 +185,31 @@ def plan_grid(args, work, depth):
                        "--teacher_prediction", str(teacher_file)]
     thresholds = [] if args.ptp_thresholds == "table" else ["--ptp_thresholds",
                                                              args.ptp_thresholds]
+    # Per seed: the PTP runs first, SPS's leading, then the PTP students, then the rest. The
+    # runner starts the first ready stage in this order, so with --jobs > 1 the longest chain
+    # (SPS PTP run -> its SPS student) starts first and does not finish the seed last.
+    def chain_first(name):
+        ptp = VARIANTS[name][2]
+        return (ptp is None, ptp != "SPS")
+
     for seed in seeds:
-        for name in variants:
+        seed_args = student + ["--train_seed", seed]
+        ptp_stages = {}
+        for ptp in sorted({VARIANTS[n][2] for n in variants} - {None}, key=lambda m: m != "SPS"):
+            ptp_dir = work / f"ptp_{ptp}_seed{seed}"
+            ptp_stages[ptp] = Stage(f"ptp_{ptp}_seed{seed}", "ptp", seed_args + thresholds + [
+                "--num_train_epochs", str(args.ptp_epochs), "--learning_rate",
+                str(args.ptp_lr), "--model_type", ptp, "--output_dir", str(ptp_dir)],
+                ptp_dir / "PTP.eval_results.json", ptp_dir / RECORD,
+                needs=("teacher_outputs",), seed=seed, ptp_dir=ptp_dir)
+        stages += ptp_stages.values()
+        for name in sorted(variants, key=chain_first):
             train_type, model_type, ptp = VARIANTS[name]
-            seed_args = student + ["--train_seed", seed]
             start, needs, ptp_dir = [], ("teacher_outputs",), None
             if ptp:
-                ptp_dir = work / f"ptp_{ptp}_seed{seed}"
-                label = f"ptp_{ptp}_seed{seed}"
-                if label not in {s.label for s in stages}:
-                    stages.append(Stage(label, "ptp", seed_args + thresholds + [
-                        "--num_train_epochs", str(args.ptp_epochs), "--learning_rate",
-                        str(args.ptp_lr), "--model_type", ptp, "--output_dir", str(ptp_dir)],
-                        ptp_dir / "PTP.eval_results.json", ptp_dir / RECORD,
-                        needs=("teacher_outputs",), seed=seed, ptp_dir=ptp_dir))
-                start, needs = ["--load_model_dir", str(ptp_dir / "PTP.encoder_loss.pkl")], \
-                    (label,)
+                ptp_dir = ptp_stages[ptp].ptp_dir
+                start = ["--load_model_dir", str(ptp_dir / "PTP.encoder_loss.pkl")]
+                needs = (ptp_stages[ptp].label,)
             out = work / f"{name}_seed{seed}"
             stages.append(Stage(f"{name}_seed{seed}", "student", seed_args + start + [
                 "--num_train_epochs", str(args.epochs), "--learning_rate", str(args.lr),

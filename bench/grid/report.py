@@ -59,6 +59,9 @@ def collect(stages):
         if stage.ptp_dir is not None and ptp_of[stage.ptp_dir] in ptp:
             row.update(ptp[ptp_of[stage.ptp_dir]][0])
         rows.append(row)
+    # the teacher, then seed by seed in VARIANTS order (the plan runs a seed's PTP chain first)
+    rank = {v: i for i, v in enumerate(VARIANTS)}
+    rows.sort(key=lambda r: (-1, 0) if r["seed"] == "-" else (int(r["seed"]), rank[r["variant"]]))
     return pd.DataFrame(rows), ptp
 
 
