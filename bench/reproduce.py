@@ -139,6 +139,11 @@ def main(argv=None):
                        on_done=lambda s: print_ptp(s) if s.kind == "ptp" else None)
     except GridError as e:
         raise SystemExit(f"error: {e}") from None
+    except KeyboardInterrupt:
+        # run_stages has stopped the stages it started; each keeps its last end-of-epoch state
+        print("interrupted: the running stages were stopped; the same command resumes them "
+              "from their last saved epoch", file=sys.stderr)
+        raise SystemExit(130) from None
     frame, ptp = report.collect(stages)
     frame.attrs["task"] = args.task
     metric = frame["metric"].iloc[0]

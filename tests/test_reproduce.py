@@ -291,3 +291,16 @@ def test_each_seed_starts_its_longest_chain_first(tmp_path):
                           *[label.replace("seed1", "seed2") for label in seed1]]
     assert flag(argv["ptp_pkd_seed2"], "--load_model_dir").endswith(
         "ptp_Original_seed2/PTP.encoder_loss.pkl")
+
+
+def test_ctrl_c_stops_the_grid_with_a_line_and_exit_130(cola_grid, monkeypatch, capsys):
+    reproduce, argv, root, _ = cola_grid
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(reproduce, "run_stages", interrupted)
+    with pytest.raises(SystemExit) as err:
+        reproduce.main(argv + ["--no_plot"])
+    assert err.value.code == 130
+    assert "the same command resumes them" in capsys.readouterr().err
