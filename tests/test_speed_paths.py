@@ -355,12 +355,18 @@ def test_tiny_model_gives_the_same_logits_and_gradients_on_both_paths(model_type
         assert (grads_d[name] - grads_m[name]).abs().max() < 1e-5, name
 
 
-def test_auto_choice_is_measured_once_and_kept(fresh_choice):
+def count_probes(fresh_choice):
+    """A usable oneDNN whose probe finds it 3x faster; returns the list each probe appends to."""
     probes = []
     fresh_choice.setattr(fast_linear, "time_paths",
                          lambda: probes.append(1) or fake_timings(mkl=3.0, onednn=1.0))
     fresh_choice.setattr(fast_linear, "_onednn_usable", lambda: True)
     fresh_choice.setattr(fast_linear, "_ONEDNN_OK", None)
+    return probes
+
+
+def test_auto_choice_is_measured_once_and_kept(fresh_choice):
+    probes = count_probes(fresh_choice)
     first = fast_linear.chosen_paths()
     for _ in range(3):
         assert fast_linear.chosen_paths() == first
@@ -369,11 +375,7 @@ def test_auto_choice_is_measured_once_and_kept(fresh_choice):
 
 
 def test_what_a_run_records_never_starts_the_probe(fresh_choice):
-    probes = []
-    fresh_choice.setattr(fast_linear, "time_paths",
-                         lambda: probes.append(1) or fake_timings(mkl=3.0, onednn=1.0))
-    fresh_choice.setattr(fast_linear, "_onednn_usable", lambda: True)
-    fresh_choice.setattr(fast_linear, "_ONEDNN_OK", None)
+    probes = count_probes(fresh_choice)
     # no layer needed the choice yet: everything took F.linear
     assert fast_linear.used_paths() == {"requested": "auto", "train": "mkl", "infer": "mkl"}
     assert probes == []

@@ -71,6 +71,19 @@ def autocast(device, amp):
     return torch.autocast(device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[amp])
 
 
+def optimizer_step(scaler, opt, loss, clip=None):
+    """Backward, an optimizer step through the fp16 grad scaler, and zeroed gradients; `clip`:
+    parameters whose global gradient norm is clipped to 1.0 first (transformers' Trainer; BertAdam
+    clips inside its own step)."""
+    scaler.scale(loss).backward()
+    if clip is not None:
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(clip, 1.0)
+    scaler.step(opt)
+    scaler.update()
+    opt.zero_grad(set_to_none=True)
+
+
 class Ours:
     """Our model, stepped as src/utils/train.py steps it (BertAdam, zero_grad to None)."""
 
@@ -95,10 +108,7 @@ class Ours:
                 loss = F.cross_entropy(out.logits.float(), batch["labels"])
             else:
                 loss = objective(out, batch)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.opt)
-        self.scaler.update()
-        self.opt.zero_grad(set_to_none=True)
+        optimizer_step(self.scaler, self.opt, loss)
 
     @torch.inference_mode()
     def logits(self, batch):
@@ -129,12 +139,7 @@ class Theirs:
     def train_step(self, batch, objective=None):
         with autocast(self.device, self.amp):
             loss = self._call(batch, labels=batch["labels"]).loss
-        self.scaler.scale(loss).backward()
-        self.scaler.unscale_(self.opt)
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-        self.scaler.step(self.opt)
-        self.scaler.update()
-        self.opt.zero_grad(set_to_none=True)
+        optimizer_step(self.scaler, self.opt, loss, clip=self.model.parameters())
 
     @torch.inference_mode()
     def logits(self, batch):
