@@ -18,8 +18,9 @@
 #      with cuDNN attention left out, and the old path (cuDNN attention allowed, own length).
 #   C  bench/throughput.py on CUDA (fp32, bf16, fp16; student3, sps3, base at 32 x 128 and on
 #      the MRPC mix): ours/transformers ratios, MFU against the measured bf16 peak (item 3).
-#   D  if time is left: the same with --compile, bf16 (item 3: what torch.compile buys and its
-#      warm-up; student3 only).
+#   D  if time is left: the same with --compile reduce-overhead (torch.compile with CUDA graphs,
+#      one per batch shape), bf16, student3 only, against transformers eager (item 3: the 2x
+#      target, and what compiling costs to warm up).
 # A one-seed reproduction grid (~3 minutes, item 4's before/after) does not fit this budget.
 #
 # DRY=1 runs the same parts on the CPU, fp32 only, with a few steps and tiny models (a check of
@@ -107,8 +108,8 @@ PY
 part C_configs 240 "$PY" bench/throughput.py "${BENCH[@]}" --no_scripts --budget_min 3 $CONFIGS \
     --amp "$(IFS=,; echo "${AMPS[*]}")" --out "$OUT/configs.json"
 
-# D: the same with torch.compile, bf16, while time is left
-part D_compile 300 "$PY" bench/throughput.py "${BENCH[@]}" --no_scripts --compile --amp "$COMPILE_AMP" \
+# D: the same with torch.compile and CUDA graphs, bf16, while time is left
+part D_compile 300 "$PY" bench/throughput.py "${BENCH[@]}" --no_scripts --compile reduce-overhead --amp "$COMPILE_AMP" \
     --configs student3 --repeats 2 --budget_min 2 --out "$OUT/compile.json"
 
 log "done; files in $OUT: $(ls "$OUT" | tr '\n' ' ')"

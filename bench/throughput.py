@@ -41,6 +41,7 @@ from speed.peak import measure_peaks  # noqa: E402
 from speed.report import evaluate_targets, fmt, print_report  # noqa: E402
 from speed.scripts import bench_scripts, print_scripts  # noqa: E402
 from speed.workloads import DEFAULT_GLUE, load_mrpc_dev, minilm_dir  # noqa: E402
+from utils.args import COMPILE_MODES  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 AMPS = ("fp32", "bf16", "fp16")
@@ -68,7 +69,9 @@ def build_parser():
                    help="comma list of fp32, bf16, fp16 (torch.amp autocast); default fp32 on "
                         "the CPU, fp32,bf16,fp16 on CUDA")
     p.add_argument("--bf16", action="store_true", help="the same as --amp bf16")
-    p.add_argument("--compile", action="store_true", help="torch.compile both models")
+    p.add_argument("--compile", nargs="?", const="default", default=None, choices=COMPILE_MODES,
+                   help="torch.compile our model with this mode (bare: default; reduce-overhead "
+                        "adds CUDA graphs on CUDA); transformers stays eager, the baseline")
     p.add_argument("--ablate", action="store_true",
                    help="also time ours with each CPU Linear path forced (mkl, onednn) and "
                         "each other speed measure off (mask skip, fused BertAdam)")
@@ -182,7 +185,7 @@ def main(argv=None):
             log(f"{name} ({amp})")
             cfgs[name] = bench_config(name, args, device, features, amp,
                                       left * COST[name] / todo, clock, log)
-        rows, targets = evaluate_targets(cfgs, peaks, amp, peak_key)
+        rows, targets = evaluate_targets(cfgs, peaks, amp, peak_key, gpu=cuda)
         report["amps"][amp] = {"configs": cfgs, "targets": targets, "rows": rows,
                                "mfu_peak": peak_key}
         print_report(meta, cfgs, rows, targets, amp, peak_key)

@@ -248,6 +248,9 @@ CASES = {
     "accumulation not dividing the batch": lambda c: (
         "finetune", c.args("--gradient_accumulation_steps", 3),
         ["--train_batch_size 4", "--gradient_accumulation_steps 3"]),
+    "CUDA graphs with accumulation": lambda c: (
+        "finetune", c.args("--compile", "reduce-overhead", "--gradient_accumulation_steps", 2),
+        ["--compile reduce-overhead", "--gradient_accumulation_steps 2"]),
     "logging_steps zero": lambda c: ("finetune", c.args("--logging_steps", 0),
                                      ["--logging_steps 0"]),
     "fp16 on the CPU": lambda c: ("finetune", c.args("--fp16"), ["--fp16", "CUDA"]),

@@ -77,7 +77,7 @@ def bench_config(name, args, device, features, amp, budget_s, clock, log):
     plan = plan_for(name, args, device)
     workloads = make_workloads(features, config, plan, device)
     impls = {"ours": Ours(ours_model, device, amp, args.compile),
-             "hf": Theirs(theirs_model, device, amp, args.compile)}
+             "hf": Theirs(theirs_model, device, amp)}
     contexts = {}
     if args.ablate:
         # the same model with each CPU Linear path forced, the mask skip off; a BertAdam on the
@@ -86,7 +86,7 @@ def bench_config(name, args, device, features, amp, budget_s, clock, log):
         contexts["ours_mkl"] = lambda: switches(LINEAR_PATH="mkl")
         contexts["ours_onednn"] = lambda: switches(LINEAR_PATH="onednn")
         contexts["ours_mask_always"] = lambda: switches(SKIP_FULL_MASK=False)
-        impls["ours_foreach_adam"] = Ours(ours_model, device, amp, False, fused_adam=False)
+        impls["ours_foreach_adam"] = Ours(ours_model, device, amp, fused_adam=False)
     objectives = {}
     if name != "base":
         objectives = {k: distill_objective(k, ours_model, len(features), device)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import BERT.pytorch_pretrained_bert.linear as fast_linear
 import BERT.pytorch_pretrained_bert.modeling as modeling
 from BERT.pytorch_pretrained_bert import BertAdam
-from utils.args import apply_presets
+from utils.args import CUDA_GRAPH_MODES, apply_presets
 from utils.distill import build_objective
 from utils.glue import get_task
 
@@ -85,11 +85,15 @@ def optimizer_step(scaler, opt, loss, clip=None):
 
 
 class Ours:
-    """Our model, stepped as src/utils/train.py steps it (BertAdam, zero_grad to None)."""
+    """Our model, stepped as src/utils/train.py steps it (BertAdam, zero_grad to None).
 
-    def __init__(self, model, device, amp, compile_model, fused_adam=None):
+    compile_mode: None (eager) or a torch.compile mode, as the scripts' --compile MODE.
+    """
+
+    def __init__(self, model, device, amp, compile_mode=None, fused_adam=None):
         self.model, self.device, self.amp = model, device, amp
-        self.forward = torch.compile(model) if compile_model else model
+        self.forward = torch.compile(model, mode=compile_mode) if compile_mode else model
+        self.graphs = compile_mode in CUDA_GRAPH_MODES and device.type == "cuda"
         decay, no_decay = [], []
         for name, p in model.named_parameters():
             (no_decay if name.endswith("bias") or "LayerNorm" in name else decay).append(p)
@@ -101,6 +105,8 @@ class Ours:
 
     def train_step(self, batch, objective=None):
         needs_layers = objective is not None and objective.needs_layers
+        if self.graphs:  # as utils/train.py: the last step's outputs are no longer read
+            torch.compiler.cudagraph_mark_step_begin()
         with autocast(self.device, self.amp):
             out = self.forward(batch["input_ids"], batch["token_type_ids"],
                                batch["attention_mask"], output_all_encoded_layers=needs_layers)
@@ -112,17 +118,24 @@ class Ours:
 
     @torch.inference_mode()
     def logits(self, batch):
+        if self.graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         with autocast(self.device, self.amp):
-            return self.forward(batch["input_ids"], batch["token_type_ids"],
-                                batch["attention_mask"]).logits
+            out = self.forward(batch["input_ids"], batch["token_type_ids"],
+                               batch["attention_mask"]).logits
+        # a CUDA graph's output lives in memory its next replay overwrites
+        return out.clone() if self.graphs else out
 
 
 class Theirs:
-    """transformers' model, stepped as its Trainer does (clip global norm 1.0, fused AdamW)."""
+    """transformers' model, stepped as its Trainer does (clip global norm 1.0, fused AdamW).
 
-    def __init__(self, model, device, amp, compile_model):
+    Always eager: the baseline issue 11 names for a compiled or graphed step of ours.
+    """
+
+    def __init__(self, model, device, amp):
         self.model, self.device, self.amp = model, device, amp
-        self.forward = torch.compile(model) if compile_model else model
+        self.forward = model
         params = list(model.parameters())
         try:
             self.opt = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.01, fused=True)

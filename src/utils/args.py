@@ -23,6 +23,12 @@ PRESETS = {
 }
 TRAIN_TYPES = tuple(PRESETS)
 
+# torch.compile's modes. Those with CUDA graphs record one graph per padded batch shape on CUDA
+# (at most 16 with the CUDA default --pad_to_multiple_of 8) and replay it: a launch-bound step's
+# lever (issue 11), not yet measured on a GPU here.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """`--help` that gives every flag's default: `(default: X)` unless the help text already
@@ -161,7 +167,9 @@ def add_train_args(parser):
                    help="save *_loss checkpoints only when the dev loss is below this too")
     g.add_argument("--do_predict", action="store_true",
                    help="after training, write predictions on the test split (no labels)")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument("--compile", nargs="?", const="default", default=None, choices=COMPILE_MODES,
+                   help="torch.compile the model with this mode (bare --compile: "
+                        "default; reduce-overhead adds CUDA graphs on CUDA)")
     return g
 
 
@@ -266,6 +274,12 @@ def check_common(args):
         raise PeakdError(f"--weight_decay {args.weight_decay} must be >= 0")
     if args.fp16 and args.bf16:
         raise PeakdError("--fp16 and --bf16 exclude each other; pick one")
+    if getattr(args, "compile", None) in CUDA_GRAPH_MODES and args.gradient_accumulation_steps > 1:
+        # a replayed graph may write the next micro-batch's gradients into memory that .grad
+        # still holds from the last one; the sum would be wrong
+        raise PeakdError(f"--compile {args.compile} (CUDA graphs) cannot be combined with "
+                         f"--gradient_accumulation_steps {args.gradient_accumulation_steps}; "
+                         "use --compile default or no accumulation")
     return args
 
 

@@ -30,6 +30,7 @@ from BERT.pytorch_pretrained_bert.linear import (requested_path as requested_lin
                                                  used_paths as used_linear_paths)
 
 from . import parallel
+from .args import CUDA_GRAPH_MODES
 from .checkpoints import atomic_torch_save, safe_torch_load, save_model_checkpoint, write_json
 from .errors import Interrupted, PeakdError
 from .features import eval_batches, train_batches
@@ -280,7 +281,10 @@ class _TrainingRun:
         self.started = time.perf_counter() - self.pos.elapsed
         self.ddp = parallel.wrap(model, device)
         module = model if self.ddp is None else self.ddp
-        self.forward = torch.compile(module) if args.compile else module
+        self.forward = torch.compile(module, mode=args.compile) if args.compile else module
+        # CUDA graphs: each step replays into the same memory; marking the step's start says
+        # the last step's outputs (loss, logits, gradients) are no longer read
+        self.graph_steps = args.compile in CUDA_GRAPH_MODES and device.type == "cuda"
         self.logs = {}
         if self.main:
             sizes = state["logs"] if state is not None else {}
@@ -362,6 +366,8 @@ class _TrainingRun:
                                                     self.multiple), self.device)
         # gradients are all-reduced once per optimizer step, not per micro-batch
         sync = contextlib.nullcontext() if boundary or self.ddp is None else self.ddp.no_sync()
+        if self.graph_steps:
+            torch.compiler.cudagraph_mark_step_begin()
         with sync:
             with self.amp:
                 out = self.forward(batch["input_ids"], batch["token_type_ids"],
