@@ -9,13 +9,18 @@
 #     bash bench/gpu_check.sh
 #
 # Results under $OUT (at most 8 files come back): gpu_check.log (everything printed),
-# env.txt, scripts.json (A), ablations.json (B), configs.json (C), compile.json (D).
+# env.txt, scripts.json (A), ablations.json (B), syncs.json (E), configs.json (C),
+# compile.json (D).
 #   A  finetune.py on MRPC/MiniLM, 3 epochs, batch 32, fp32, bf16 and fp16, each in a fresh process
 #      (bench/throughput.py's scripts workload): train and dev-inference samples/s, dev accuracy,
 #      the share of each run that is neither training nor evaluation (start, tokenisation,
 #      loading; issue item 4), and the target mixed precision >= 1.5x fp32 (item 1).
 #   B  the fix taken apart, fp16, 1 epoch: batches at their own length (--pad_to_multiple_of 1)
 #      with cuDNN attention left out, and the old path (cuDNN attention allowed, own length).
+#   E  where the training loop makes the host wait for the GPU (item 3: no syncs in the loop):
+#      finetune.py bf16 for 40 steps under torch.cuda.set_sync_debug_mode("warn"), each
+#      synchronizing call counted at its innermost line under src/; a line counted about 40
+#      times syncs every step (logging and evaluation sync by design).
 #   C  bench/throughput.py on CUDA (fp32, bf16, fp16; student3, sps3, base at 32 x 128 and on
 #      the MRPC mix): ours/transformers ratios, MFU against the measured bf16 peak (item 3).
 #   D  if time is left: the same with --compile reduce-overhead (torch.compile with CUDA graphs,
@@ -41,12 +46,13 @@ if [ "${DRY:-0}" = 1 ]; then
     # fp32 only: this CPU has no bf16 instructions (bf16 autocast ran 10x slower than fp32)
     DEV=(--no_cuda) ; AMPS=(fp32) ; MIX=() ; COMPILE_AMP=fp32
     EPOCHS=1 ; STEPS=(--max_steps 2) ; BENCH=(--device cpu --quick --force)
-    SCRIPT_STEPS=(--script_max_steps 2) ; CONFIGS="--configs student3"
+    SCRIPT_STEPS=(--script_max_steps 2) ; CONFIGS="--configs student3" ; SYNC=(--max_steps 2)
 else
     . .gpu/restore.sh || { echo "error: .gpu/restore.sh missing: run ../shared/gpu/prepare.sh here first" | tee -a "$LOG"; exit 2; }
     PY=${PY:-python3} ; BERT=${BERT:-.gpu/minilm} ; DATA=${DATA:-.gpu/glue_data}
     DEV=() ; AMPS=(fp32 bf16 fp16) ; MIX=(--fp16) ; COMPILE_AMP=bf16
     EPOCHS=3 ; STEPS=() ; BENCH=(--device cuda --force) ; SCRIPT_STEPS=() ; CONFIGS=""
+    SYNC=(--max_steps 40 --bf16)
 fi
 export PYTHONUNBUFFERED=1
 
@@ -103,6 +109,34 @@ for run in sys.argv[2:]:
               f"eval {r['eval_seconds']:.1f} s")
 json.dump(out, open(sys.argv[1], "w"), indent=1)
 PY
+
+# E: every host-device sync of a short training run, by the line of our code that made it
+SYNCS='import atexit, collections, json, runpy, sys, traceback, warnings
+import torch
+out_path, counts = sys.argv[1], collections.Counter()
+def seen(message, category, filename, lineno, file=None, line=None):
+    ours = [f for f in traceback.extract_stack()[:-1] if "/src/" in f.filename]
+    where = f"{filename}:{lineno}"
+    if ours:
+        where = ours[-1].filename.split("/src/")[-1] + f":{ours[-1].lineno}"
+    counts[f"{where} {str(message)[:60]}"] += 1
+def report():
+    with open(out_path, "w") as f:
+        json.dump(dict(counts.most_common()), f, indent=1)
+    for k, n in counts.most_common(15):
+        print(f"E sync x{n}: {k}")
+atexit.register(report)
+warnings.showwarning = seen
+warnings.simplefilter("always")
+if torch.cuda.is_available():
+    torch.cuda.set_sync_debug_mode("warn")
+sys.path.insert(0, "src")
+sys.argv = sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name="__main__")'
+rm -rf /tmp/gpu_check_syncs
+part E_syncs 90 "$PY" -c "$SYNCS" "$OUT/syncs.json" src/finetune.py --task MRPC --data_dir "$DATA" \
+    --bert_model "$BERT" --train_type ft --model_type Original --student_hidden_layers 3 \
+    --output_dir /tmp/gpu_check_syncs "${DEV[@]}" "${SYNC[@]}"
 
 # C: ours against transformers on CUDA, every precision; MFU against the measured bf16 peak
 part C_configs 240 "$PY" bench/throughput.py "${BENCH[@]}" --no_scripts --budget_min 3 $CONFIGS \
