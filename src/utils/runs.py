@@ -12,8 +12,9 @@ from .errors import PeakdError
 RESULTS_FILE = "eval_results.json"
 ARGS_FILE = "args.json"
 RESUME_FILE = "resume_state.pkl"
-# flags a resumed run may change: they locate the run or affect only evaluation and speed, never
-# what the remaining training steps compute
+# flags a resumed run may change: they locate the run, or change how the remaining steps run but
+# not which (evaluation batch, save cadence, device, compilation; a changed device or compilation
+# draws other dropout masks from then on, as another machine would)
 RESUME_MAY_CHANGE = frozenset({"resume", "argv", "output_dir", "overwrite_output_dir",
                                "eval_batch_size", "no_cuda", "compile", "save_steps"})
 
