@@ -47,6 +47,13 @@ def test_verdicts():
     assert paired({1: 0.9}, {2: 0.1}).n == 0
     # an interval that touches 0 does not exclude it
     assert verdict(0.0, 0.1, 5) == "not decided" and verdict(1e-9, 0.1, 5) == "supported"
+    # every seed the same difference: a t interval of no width, which decides nothing
+    same = paired({1: 284 / 408, 2: 287 / 408, 3: 290 / 408},
+                  {1: 286 / 408, 2: 289 / 408, 3: 292 / 408})
+    assert (same.lost, same.low, same.high) == (3, pytest.approx(-2 / 408), pytest.approx(-2 / 408))
+    assert same.verdict == "not decided (no spread)"
+    # equal differences up to float rounding (0.7 - 0.6 != 0.4 - 0.3 in binary) count as equal
+    assert paired({1: 0.7, 2: 0.4}, {1: 0.6, 2: 0.3}).verdict == "not decided (no spread)"
 
 
 def test_claims_cover_the_papers_comparisons_that_ran():

@@ -159,7 +159,8 @@ def markdown(frame, ptp, rows, metric, header=""):
     if rows:
         parts += ["\n## The paper's claims, paired over shared seeds\n\n",
                   "`supported`: the 95% interval of the mean difference lies above 0; "
-                  "`contradicted`: below 0; `not decided`: it contains 0.\n\n",
+                  "`contradicted`: below 0; `not decided`: it contains 0, or has no width "
+                  "(every seed gave the same difference; `no spread`).\n\n",
                   comparisons_table(rows, metric)]
     if ptp:
         parts += ["\n## PTP labels (train split)\n\n", ptp_table(ptp)]

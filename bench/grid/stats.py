@@ -77,10 +77,23 @@ class Comparison:
     verdict: str
 
 
+# narrower than this is no width: float rounding of equal differences (k/408 - j/408 computed
+# twice) leaves ~1e-17 of spread
+NO_WIDTH = 1e-12
+
+
 def verdict(low, high, n):
-    """'supported' when the interval lies above 0, 'contradicted' below, else 'not decided'."""
+    """'supported' when the interval lies above 0, 'contradicted' below, else 'not decided'.
+
+    An interval of no width (every seed gave the same difference, s = 0) decides nothing: dev
+    accuracy moves in steps of 1 / (dev examples), so equal differences come from that grain as
+    often as from a real effect (two MRPC seeds gave ptp_pkd - pkd = -2/408 each). It is 'not
+    decided (no spread)'.
+    """
     if n < 2:
         return "too few seeds"
+    if high - low <= NO_WIDTH:
+        return "not decided (no spread)"
     if low > 0:
         return "supported"
     if high < 0:
