@@ -30,7 +30,7 @@ from speed.machine import Clock  # noqa: E402
 from speed.peak import forward_flops, matmul_peak  # noqa: E402
 from speed.runners import Ours  # noqa: E402
 from speed.workloads import FIXED_LEN, fixed_batch  # noqa: E402
-from utils.args import COMPILE_MODES  # noqa: E402
+from utils.args import add_compile_arg  # noqa: E402
 
 # the profiler's names of a Linear layer's GEMMs on each path (attention runs aten::bmm)
 LINEAR_OPS = {"onednn": ("mkldnn::_linear_pointwise",), "mkl": ("aten::addmm", "aten::mm")}
@@ -44,8 +44,7 @@ def build_parser():
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--steps", type=int, default=2, help="profiled steps")
     p.add_argument("--rows", type=int, default=15, help="operators shown")
-    p.add_argument("--compile", nargs="?", const="default", default=None, choices=COMPILE_MODES,
-                   help="torch.compile the model with this mode (bare: default)")
+    add_compile_arg(p)
     p.add_argument("--linear", default="auto", choices=fast_linear.PATHS,
                    help="the CPU Linear path (as PEAKD_LINEAR; auto: measured, linear.py)")
     p.add_argument("--peak_size", type=int, default=4096,

@@ -41,7 +41,7 @@ from speed.peak import measure_peaks  # noqa: E402
 from speed.report import evaluate_targets, fmt, print_report  # noqa: E402
 from speed.scripts import bench_scripts, print_scripts  # noqa: E402
 from speed.workloads import DEFAULT_GLUE, load_mrpc_dev, minilm_dir  # noqa: E402
-from utils.args import COMPILE_MODES  # noqa: E402
+from utils.args import add_compile_arg  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 AMPS = ("fp32", "bf16", "fp16")
@@ -69,9 +69,7 @@ def build_parser():
                    help="comma list of fp32, bf16, fp16 (torch.amp autocast); default fp32 on "
                         "the CPU, fp32,bf16,fp16 on CUDA")
     p.add_argument("--bf16", action="store_true", help="the same as --amp bf16")
-    p.add_argument("--compile", nargs="?", const="default", default=None, choices=COMPILE_MODES,
-                   help="torch.compile our model with this mode (bare: default; reduce-overhead "
-                        "adds CUDA graphs on CUDA); transformers stays eager, the baseline")
+    add_compile_arg(p, "our model (transformers stays eager, the baseline)")
     p.add_argument("--ablate", action="store_true",
                    help="also time ours with each CPU Linear path forced (mkl, onednn) and "
                         "each other speed measure off (mask skip, fused BertAdam)")

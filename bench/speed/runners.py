@@ -16,9 +16,10 @@ import torch.nn.functional as F
 import BERT.pytorch_pretrained_bert.linear as fast_linear
 import BERT.pytorch_pretrained_bert.modeling as modeling
 from BERT.pytorch_pretrained_bert import BertAdam
-from utils.args import CUDA_GRAPH_MODES, apply_presets
+from utils.args import apply_presets
 from utils.distill import build_objective
 from utils.glue import get_task
+from utils.train import compile_forward
 
 TEACHER_LAYERS = 12  # the depth of the teacher whose outputs KD and PKD steps read
 
@@ -92,8 +93,7 @@ class Ours:
 
     def __init__(self, model, device, amp, compile_mode=None, fused_adam=None):
         self.model, self.device, self.amp = model, device, amp
-        self.forward = torch.compile(model, mode=compile_mode) if compile_mode else model
-        self.graphs = compile_mode in CUDA_GRAPH_MODES and device.type == "cuda"
+        self.forward, self.graphs = compile_forward(model, compile_mode, device)
         decay, no_decay = [], []
         for name, p in model.named_parameters():
             (no_decay if name.endswith("bias") or "LayerNorm" in name else decay).append(p)

@@ -30,6 +30,14 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
+def add_compile_arg(parser, what="the model"):
+    """--compile [MODE], shared by the scripts and the benchmarks."""
+    parser.add_argument("--compile", nargs="?", const="default", default=None,
+                        choices=COMPILE_MODES,
+                        help=f"torch.compile {what} with this mode (bare --compile: default; "
+                             "reduce-overhead adds CUDA graphs on CUDA)")
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """`--help` that gives every flag's default: `(default: X)` unless the help text already
     says it, `(default: off)` for switches, `(required)` for required flags."""
@@ -167,9 +175,7 @@ def add_train_args(parser):
                    help="save *_loss checkpoints only when the dev loss is below this too")
     g.add_argument("--do_predict", action="store_true",
                    help="after training, write predictions on the test split (no labels)")
-    g.add_argument("--compile", nargs="?", const="default", default=None, choices=COMPILE_MODES,
-                   help="torch.compile the model with this mode (bare --compile: "
-                        "default; reduce-overhead adds CUDA graphs on CUDA)")
+    add_compile_arg(g)
     return g
 
 

@@ -94,6 +94,14 @@ def pad_multiple(requested, device):
     return requested
 
 
+def compile_forward(module, mode, device):
+    """(forward, graphs): torch.compile(module, mode) or module itself for mode None; graphs
+    says CUDA graphs replay it, so each step must be marked as a new one
+    (torch.compiler.cudagraph_mark_step_begin): the last step's outputs are no longer read."""
+    forward = torch.compile(module, mode=mode) if mode else module
+    return forward, mode in CUDA_GRAPH_MODES and device.type == "cuda"
+
+
 def to_device(batch, device):
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
@@ -281,10 +289,7 @@ class _TrainingRun:
         self.started = time.perf_counter() - self.pos.elapsed
         self.ddp = parallel.wrap(model, device)
         module = model if self.ddp is None else self.ddp
-        self.forward = torch.compile(module, mode=args.compile) if args.compile else module
-        # CUDA graphs: each step replays into the same memory; marking the step's start says
-        # the last step's outputs (loss, logits, gradients) are no longer read
-        self.graph_steps = args.compile in CUDA_GRAPH_MODES and device.type == "cuda"
+        self.forward, self.graph_steps = compile_forward(module, args.compile, device)
         self.logs = {}
         if self.main:
             sizes = state["logs"] if state is not None else {}
