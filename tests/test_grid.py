@@ -126,3 +126,26 @@ def test_a_resumed_stage_records_no_wall_time(tmp_path, monkeypatch):
     run.run_stages(stages, tmp_path, tmp_path)
     fresh, resumed = (json.loads(s.record.read_text()) for s in stages)
     assert fresh["wall_seconds"] > 0 and resumed["wall_seconds"] is None
+
+
+def test_the_seed_table_shows_every_run_and_the_mean_of_those_that_ran():
+    import pandas as pd
+
+    from grid.report import seed_table
+
+    frame = pd.DataFrame([
+        {"variant": "teacher", "seed": "-", "acc": 0.80, "f1": 0.86},
+        {"variant": "ft", "seed": "1", "acc": 0.70, "f1": 0.80},
+        {"variant": "ft", "seed": "2", "acc": 0.72, "f1": 0.84},
+        {"variant": "pkd", "seed": "1", "acc": 0.75, "f1": 0.81},
+        {"variant": "ft", "seed": "10", "acc": 0.74, "f1": 0.82}])
+    lines = seed_table(frame, "acc").splitlines()
+    assert lines[0] == "Dev acc (f1 in parentheses) of the checkpoint each run selected."
+    assert lines[2] == "| variant | seed 1 | seed 2 | seed 10 | mean |"  # seeds in number order
+    assert lines[4] == "| teacher | - | - | - | 0.8000 (0.8600) |"
+    assert lines[5] == ("| ft | 0.7000 (0.8000) | 0.7200 (0.8400) | 0.7400 (0.8200) "
+                        "| 0.7200 (0.8200) |")
+    assert lines[6] == "| pkd | 0.7500 (0.8100) | - | - | 0.7500 (0.8100) |"
+    # a task with one metric (CoLA's mcc) shows it alone
+    cola = frame.drop(columns="f1").rename(columns={"acc": "mcc"})
+    assert seed_table(cola, "mcc").splitlines()[5] == "| ft | 0.7000 | 0.7200 | 0.7400 | 0.7200 |"

@@ -98,6 +98,29 @@ def summarize(frame):
     return "\n".join(lines) + "\n"
 
 
+def seed_table(frame, metric):
+    """The dev metric of every run as Markdown, a row per variant and a column per seed, with
+    the mean over the seeds it ran; F1 in parentheses where the task has it besides the main
+    metric (MRPC). A seed a variant has not finished shows "-"."""
+    second = "f1" if metric != "f1" and "f1" in frame and frame["f1"].notna().any() else None
+    seeds = sorted({s for s in frame["seed"] if s != "-"}, key=int)
+
+    def cell(values):
+        text = f"{values[metric]:.4f}"
+        return f"{text} ({values[second]:.4f})" if second else text
+
+    shown = f"{metric} ({second} in parentheses)" if second else metric
+    lines = [f"Dev {shown} of the checkpoint each run selected.\n",
+             "| variant | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |",
+             "|---|" + "---|" * (len(seeds) + 1)]
+    for v in variant_order(frame):
+        runs = frame[frame["variant"] == v]
+        by_seed = {s: row for s, (_, row) in zip(runs["seed"], runs.iterrows())}
+        cells = [cell(by_seed[s]) if s in by_seed else "-" for s in seeds]
+        lines.append(f"| {v} | " + " | ".join(cells) + f" | {cell(runs.mean(numeric_only=True))} |")
+    return "\n".join(lines) + "\n"
+
+
 def claim_scores(frame, metric):
     """{variant: {seed: dev metric}} of the student runs."""
     students = frame[frame["variant"] != "teacher"]
@@ -153,9 +176,11 @@ def code_line(frame):
 
 
 def markdown(frame, ptp, rows, metric, header=""):
-    """results.md: settings header, per-variant table, claims, PTP labels and warnings."""
+    """results.md: settings header, per-variant and per-seed tables, claims, PTP labels and
+    warnings."""
     parts = [header, "## Per variant (mean ± std over seeds)\n\n", summarize(frame),
-             overhead_line(frame), code_line(frame)]
+             overhead_line(frame), code_line(frame),
+             "\n## Per seed\n\n", seed_table(frame, metric)]
     if rows:
         parts += ["\n## The paper's claims, paired over shared seeds\n\n",
                   "`supported`: the 95% interval of the mean difference lies above 0; "
