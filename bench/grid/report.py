@@ -103,21 +103,20 @@ def seed_table(frame, metric):
     the mean over the seeds it ran; F1 in parentheses where the task has it besides the main
     metric (MRPC). A seed a variant has not finished shows "-"."""
     second = "f1" if metric != "f1" and "f1" in frame and frame["f1"].notna().any() else None
+    columns = [metric, second] if second else [metric]
     seeds = sorted({s for s in frame["seed"] if s != "-"}, key=int)
 
     def cell(values):
-        text = f"{values[metric]:.4f}"
-        return f"{text} ({values[second]:.4f})" if second else text
+        return " ".join(f"{x:.4f}" if i == 0 else f"({x:.4f})" for i, x in enumerate(values))
 
     shown = f"{metric} ({second} in parentheses)" if second else metric
     lines = [f"Dev {shown} of the checkpoint each run selected.\n",
              "| variant | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |",
              "|---|" + "---|" * (len(seeds) + 1)]
     for v in variant_order(frame):
-        runs = frame[frame["variant"] == v]
-        by_seed = {s: row for s, (_, row) in zip(runs["seed"], runs.iterrows())}
-        cells = [cell(by_seed[s]) if s in by_seed else "-" for s in seeds]
-        lines.append(f"| {v} | " + " | ".join(cells) + f" | {cell(runs.mean(numeric_only=True))} |")
+        runs = frame.loc[frame["variant"] == v].set_index("seed")[columns].astype(float)
+        cells = [cell(runs.loc[s]) if s in runs.index else "-" for s in seeds]
+        lines.append(f"| {v} | " + " | ".join(cells) + f" | {cell(runs.mean())} |")
     return "\n".join(lines) + "\n"
 
 
