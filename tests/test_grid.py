@@ -149,3 +149,18 @@ def test_the_seed_table_shows_every_run_and_the_mean_of_those_that_ran():
     # a task with one metric (CoLA's mcc) shows it alone
     cola = frame.drop(columns="f1").rename(columns={"acc": "mcc"})
     assert seed_table(cola, "mcc").splitlines()[5] == "| ft | 0.7000 | 0.7200 | 0.7400 | 0.7200 |"
+
+
+def test_the_variant_table_shows_a_dash_where_no_run_has_a_value():
+    import pandas as pd
+
+    from grid.report import summarize
+
+    frame = pd.DataFrame([
+        {"variant": "teacher", "seed": "-", "acc": 0.80, "wall_seconds": 100.0},
+        {"variant": "ft", "seed": "1", "acc": 0.70, "wall_seconds": None},   # resumed
+        {"variant": "ft", "seed": "2", "acc": 0.74, "wall_seconds": None}])
+    lines = summarize(frame).splitlines()
+    assert lines[0] == "| variant | runs | acc | wall_seconds |"
+    assert lines[2] == "| teacher | 1 | 0.8000 ± 0.0000 | 100.0 |"
+    assert lines[3] == "| ft | 2 | 0.7200 ± 0.0283 | - |"

@@ -88,7 +88,10 @@ def summarize(frame):
     for v in order:
         cells = []
         for c in numeric:
-            if c in ("num_parameters", "effective_layers"):
+            if pd.isna(mean.loc[v, c]):
+                # e.g. wall_seconds of a variant whose every run was resumed (no whole wall time)
+                cells.append("-")
+            elif c in ("num_parameters", "effective_layers"):
                 cells.append(f"{mean.loc[v, c]:,.0f}")
             elif c.endswith(("seconds", "per_second")):
                 cells.append(f"{mean.loc[v, c]:.1f}")
