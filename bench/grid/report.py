@@ -110,7 +110,8 @@ def seed_table(frame, metric):
     seeds = sorted({s for s in frame["seed"] if s != "-"}, key=int)
 
     def cell(values):
-        return " ".join(f"{x:.4f}" if i == 0 else f"({x:.4f})" for i, x in enumerate(values))
+        first, *rest = values  # the metric, then F1 where shown
+        return f"{first:.4f}" + "".join(f" ({x:.4f})" for x in rest)
 
     shown = f"{metric} ({second} in parentheses)" if second else metric
     lines = [f"Dev {shown} of the checkpoint each run selected.\n",
