@@ -3,6 +3,8 @@ oneDNN linears and the fused BertAdam step agree with the plain paths (fp32, tin
 import argparse
 import contextlib
 import importlib.util
+import json
+import math
 from unittest import mock
 from contextlib import contextmanager
 from pathlib import Path
@@ -459,10 +461,10 @@ def test_fused_bert_adam_equals_foreach(max_grad_norm):
             assert (opt_f.state[a][k] - opt_e.state[b][k]).abs().max() < 1e-6
 
 
-def _load_bench():
-    """bench/throughput.py, imported by path (it puts bench/ and so bench/speed on sys.path)."""
-    path = Path(__file__).resolve().parents[1] / "bench" / "throughput.py"
-    spec = importlib.util.spec_from_file_location("bench_throughput", path)
+def _load_bench(script="throughput"):
+    """bench/<script>.py, imported by path (it puts bench/ and so bench/speed on sys.path)."""
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{script}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{script}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -595,3 +597,38 @@ def test_gpu_step_target_is_ours_over_transformers_eager_at_fixed_length():
     assert gpu["value"] == 2.5 and gpu["threshold"] == 2.0 and gpu["pass"]
     assert not any("GPU step" in t["target"] for t in evaluate_targets(
         cfgs, peaks, "bf16", "bf16", gpu=False)[1])
+
+
+def test_paired_ratio_gives_the_geometric_mean_and_a_t_interval():
+    paired_ratio = _load_bench("paired_ratio").paired_ratio
+    # theirs / ours per pair: 2, 2, 2 -> a point interval at 2, above 1
+    assert paired_ratio([1, 2, 3], [2, 4, 6]) == pytest.approx(
+        {"ratio": 2, "low": 2, "high": 2, "verdict": "faster", "pairs": 3, "min": 2, "max": 2})
+    # ratios 1/2, 1/2, 1/2: slower; ratios 2 and 1/2 and 1: log mean 0, not decided
+    assert paired_ratio([2, 2, 2], [1, 1, 1])["verdict"] == "slower"
+    mixed = paired_ratio([1, 2, 1], [2, 1, 1])
+    assert mixed["verdict"] == "not decided" and mixed["ratio"] == pytest.approx(1)
+    # log ratios 0, 0.1, 0.2: mean 0.1, sd 0.1, interval 0.1 -+ t(0.975, 2) * 0.1 / sqrt(3)
+    r = paired_ratio([1, 1, 1], [1, math.exp(0.1), math.exp(0.2)])
+    half = 4.302653 * 0.1 / math.sqrt(3)
+    assert (r["low"], r["high"]) == pytest.approx((math.exp(0.1 - half), math.exp(0.1 + half)))
+    assert r["verdict"] == "not decided"
+    with pytest.raises(ValueError, match="at least 3 pairs"):
+        paired_ratio([1, 1], [1, 1])
+
+
+def test_paired_ratio_script_times_both_models_in_pairs(fresh_choice, tmp_path, capsys):
+    pytest.importorskip("transformers")
+    bench = _load_bench("paired_ratio")
+    out = tmp_path / "ratio.json"
+    result = bench.main(["--mode", "train", "--reps", "3", "--layers", "2", "--hidden", "64",
+                         "--batch", "2", "--threads", str(torch.get_num_threads()),
+                         "--out", str(out)])
+    assert len(result["ours_seconds"]) == len(result["theirs_seconds"]) == 3
+    assert result["min"] <= result["ratio"] <= result["max"]
+    assert result["verdict"] in ("faster", "slower", "not decided")
+    assert json.loads(out.read_text())["ratio"] == pytest.approx(result["ratio"])
+    assert "ours/transformers samples/s" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--reps 2"):
+        bench.main(["--reps", "2"])
+

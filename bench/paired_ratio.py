@@ -1,0 +1,129 @@
+"""Is ours as fast as transformers on this machine? The samples/s ratio ours / transformers of one
+training step or one inference batch, with a 95% paired interval.
+
+    .venv/bin/python bench/paired_ratio.py --mode train --reps 12 --threads 2
+    .venv/bin/python bench/paired_ratio.py --mode infer --reps 20 --threads 2
+    .venv/bin/python bench/paired_ratio.py --mode train --workload mrpc --reps 12 --threads 2
+
+`make bench` gives medians of a few interleaved repeats. On a shared or virtual machine two runs
+of the same code scatter by 15-20% there (bench/README.md), too much to say whether ours is slower
+or faster. Here each repeat is a pair, ours and transformers' BertForSequenceClassification with
+the same weights on the same batches, run back to back in alternating order, so load that lasts a
+pair cancels from its ratio. The batches are those of `make bench` (bench/speed/workloads.py): one
+of fixed length 128, or MRPC dev batches each padded to its own longest row for both sides (two
+shuffled ones for training, three length-grouped ones for inference). The log ratios' mean and a
+Student-t interval give the verdict: faster (the interval lies above 1), slower (below 1) or not
+decided.
+"""
+import argparse
+import math
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import speed  # noqa: E402,F401  (puts src/ on sys.path)
+import BERT.pytorch_pretrained_bert.linear as fast_linear  # noqa: E402
+from BERT.pytorch_pretrained_bert import BertConfig  # noqa: E402
+from BERT.pytorch_pretrained_bert.modeling import BertForSequenceClassification  # noqa: E402
+from grid.stats import t_quantile  # noqa: E402
+from speed.machine import Clock  # noqa: E402
+from speed.runners import Ours, Theirs, hf_twin, run_one  # noqa: E402
+from speed.workloads import DEFAULT_GLUE, fixed_batch, load_mrpc_dev, make_workloads  # noqa: E402
+from utils.checkpoints import write_json  # noqa: E402
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--mode", choices=("train", "infer"), default="train",
+                   help="one optimizer step, or one forward pass without gradients")
+    p.add_argument("--reps", type=int, default=12, help="timed pairs (at least 3)")
+    p.add_argument("--workload", choices=("fixed128", "mrpc"), default="fixed128",
+                   help="fixed128: random ids, no padding; mrpc: MRPC dev's length mix")
+    p.add_argument("--glue_dir", type=Path, default=DEFAULT_GLUE,
+                   help="GLUE folder with MRPC/dev.tsv (for --workload mrpc)")
+    p.add_argument("--layers", type=int, default=3)
+    p.add_argument("--hidden", type=int, default=768, help="heads: hidden / 64 (at least 1)")
+    p.add_argument("--batch", type=int, default=32, help="sequences per batch")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="cpu: this process's CPU time (with --threads 1 only)")
+    p.add_argument("--linear", default="auto", choices=fast_linear.PATHS,
+                   help="ours' CPU Linear path (as PEAKD_LINEAR; auto: measured, linear.py)")
+    p.add_argument("--out", type=Path, help="also write the result as JSON here")
+    return p
+
+
+def paired_ratio(ours_seconds, theirs_seconds, confidence=0.95):
+    """Ratio r_i = theirs_i / ours_i (ours' samples/s over theirs') of n >= 3 timed pairs.
+
+    Returns the geometric mean exp(m), with m the mean of log r_i, and the interval
+    exp(m -+ t(confidence, n - 1) * s / sqrt(n)), s the log ratios' sample standard deviation;
+    verdict 'faster' when the interval lies above 1, 'slower' when below, else 'not decided'.
+    """
+    if len(ours_seconds) != len(theirs_seconds) or len(ours_seconds) < 3:
+        raise ValueError(f"need at least 3 pairs of timings, got {len(ours_seconds)} and "
+                         f"{len(theirs_seconds)}")
+    logs = [math.log(t / o) for o, t in zip(ours_seconds, theirs_seconds)]
+    n, mean = len(logs), statistics.mean(logs)
+    half = t_quantile((1 + confidence) / 2, n - 1) * statistics.stdev(logs) / math.sqrt(n)
+    low, high = math.exp(mean - half), math.exp(mean + half)
+    verdict = "faster" if low > 1 else "slower" if high < 1 else "not decided"
+    return {"ratio": math.exp(mean), "low": low, "high": high, "verdict": verdict,
+            "pairs": n, "min": math.exp(min(logs)), "max": math.exp(max(logs))}
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.reps < 3:
+        raise SystemExit(f"error: --reps {args.reps}: need at least 3 pairs for an interval")
+    if args.clock == "cpu" and args.threads != 1:
+        raise SystemExit("error: --clock cpu adds up every thread's time: use it with --threads 1")
+    torch.set_num_threads(args.threads)
+    fast_linear.LINEAR_PATH = args.linear
+    heads = max(1, args.hidden // 64)
+    config = BertConfig(30522, hidden_size=args.hidden, num_hidden_layers=args.layers,
+                        num_attention_heads=heads, intermediate_size=4 * args.hidden)
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(config, num_labels=2).train()
+    cpu = torch.device("cpu")
+    # transformers' twin first: it copies our initial weights before our optimizer moves them
+    theirs = Theirs(hf_twin(model, "Original", 2).train(), cpu, "fp32")
+    ours = Ours(model, cpu, "fp32")
+    if args.workload == "mrpc":
+        plan = {"train_batch": args.batch, "infer_batch": args.batch, "k_train": 2, "k_infer": 3}
+        batches = make_workloads(load_mrpc_dev(args.glue_dir), config, plan, cpu)[
+            (args.mode, "mrpc")]["dynamic"]
+    else:
+        batches = [fixed_batch(args.batch, config.vocab_size, seed=0)]
+    clock = Clock(args.clock, cpu)
+    for impl in (ours, theirs, ours, theirs):  # warm-up: allocator, the Linear path's probe
+        run_one(impl, args.mode, batches, clock)
+    ours_s, theirs_s = [], []
+    for i in range(args.reps):
+        order = (ours, theirs) if i % 2 == 0 else (theirs, ours)
+        seconds = {id(impl): run_one(impl, args.mode, batches, clock) for impl in order}
+        ours_s.append(seconds[id(ours)])
+        theirs_s.append(seconds[id(theirs)])
+    result = paired_ratio(ours_s, theirs_s)
+    result.update(mode=args.mode, workload=args.workload, threads=args.threads, clock=args.clock,
+                  batch=args.batch, layers=args.layers, hidden=args.hidden,
+                  linear=fast_linear.used_paths(), torch=torch.__version__,
+                  ours_seconds=ours_s, theirs_seconds=theirs_s)
+    paths = result["linear"]
+    print(f"{args.mode} {args.workload}, {args.layers} layers x {args.hidden}, batch {args.batch}, "
+          f"{args.threads} thread(s), {args.clock} clock, our Linear {paths['train']} (train) / "
+          f"{paths['infer']} (infer), {paths['requested']}: "
+          f"ours/transformers samples/s {result['ratio']:.3f} "
+          f"[{result['low']:.3f}, {result['high']:.3f}] over {args.reps} pairs "
+          f"(single pairs {result['min']:.2f}-{result['max']:.2f}): {result['verdict']}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        write_json(args.out, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
