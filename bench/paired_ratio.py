@@ -27,12 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import speed  # noqa: E402,F401  (puts src/ on sys.path)
 import BERT.pytorch_pretrained_bert.linear as fast_linear  # noqa: E402
 from BERT.pytorch_pretrained_bert import BertConfig  # noqa: E402
-from BERT.pytorch_pretrained_bert.modeling import BertForSequenceClassification  # noqa: E402
 from grid.stats import t_quantile  # noqa: E402
 from speed.machine import Clock  # noqa: E402
+from speed.measure import CONFIGS, FULL_SIZE, QUICK_LAYERS, QUICK_SIZE  # noqa: E402
 from speed.runners import Ours, Theirs, hf_twin, run_one  # noqa: E402
 from speed.workloads import DEFAULT_GLUE, fixed_batch, load_mrpc_dev, make_workloads  # noqa: E402
 from utils.checkpoints import write_json  # noqa: E402
+from utils.modeling import build_classifier  # noqa: E402
 
 
 def build_parser():
@@ -44,8 +45,10 @@ def build_parser():
                    help="fixed128: random ids, no padding; mrpc: MRPC dev's length mix")
     p.add_argument("--glue_dir", type=Path, default=DEFAULT_GLUE,
                    help="GLUE folder with MRPC/dev.tsv (for --workload mrpc)")
-    p.add_argument("--layers", type=int, default=3)
-    p.add_argument("--hidden", type=int, default=768, help="heads: hidden / 64 (at least 1)")
+    p.add_argument("--config", choices=tuple(CONFIGS), default="student3",
+                   help="make bench's configs: depth and model type (bench/speed/measure.py)")
+    p.add_argument("--quick", action="store_true",
+                   help="make bench --quick's tiny width and depth: checks the code path")
     p.add_argument("--batch", type=int, default=32, help="sequences per batch")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
@@ -83,14 +86,16 @@ def main(argv=None):
         raise SystemExit("error: --clock cpu adds up every thread's time: use it with --threads 1")
     torch.set_num_threads(args.threads)
     fast_linear.LINEAR_PATH = args.linear
-    heads = max(1, args.hidden // 64)
-    config = BertConfig(30522, hidden_size=args.hidden, num_hidden_layers=args.layers,
-                        num_attention_heads=heads, intermediate_size=4 * args.hidden)
+    layers, model_type = CONFIGS[args.config]
+    if args.quick:
+        layers = QUICK_LAYERS[args.config]
+    size = QUICK_SIZE if args.quick else FULL_SIZE
+    config = BertConfig(30522, num_hidden_layers=layers, **size)
     torch.manual_seed(0)
-    model = BertForSequenceClassification(config, num_labels=2).train()
+    model = build_classifier(config, 2, model_type).train()
     cpu = torch.device("cpu")
     # transformers' twin first: it copies our initial weights before our optimizer moves them
-    theirs = Theirs(hf_twin(model, "Original", 2).train(), cpu, "fp32")
+    theirs = Theirs(hf_twin(model, model_type, 2).train(), cpu, "fp32")
     ours = Ours(model, cpu, "fp32")
     if args.workload == "mrpc":
         plan = {"train_batch": args.batch, "infer_batch": args.batch, "k_train": 2, "k_infer": 3}
@@ -109,11 +114,13 @@ def main(argv=None):
         theirs_s.append(seconds[id(theirs)])
     result = paired_ratio(ours_s, theirs_s)
     result.update(mode=args.mode, workload=args.workload, threads=args.threads, clock=args.clock,
-                  batch=args.batch, layers=args.layers, hidden=args.hidden,
+                  batch=args.batch, config=args.config, quick=args.quick,
+                  layers=config.num_hidden_layers, hidden=config.hidden_size,
                   linear=fast_linear.used_paths(), torch=torch.__version__,
                   ours_seconds=ours_s, theirs_seconds=theirs_s)
     paths = result["linear"]
-    print(f"{args.mode} {args.workload}, {args.layers} layers x {args.hidden}, batch {args.batch}, "
+    print(f"{args.mode} {args.workload}, {args.config} ({config.num_hidden_layers} layers x "
+          f"{config.hidden_size}), batch {args.batch}, "
           f"{args.threads} thread(s), {args.clock} clock, our Linear {paths['train']} (train) / "
           f"{paths['infer']} (infer), {paths['requested']}: "
           f"ours/transformers samples/s {result['ratio']:.3f} "

@@ -621,9 +621,10 @@ def test_paired_ratio_script_times_both_models_in_pairs(fresh_choice, tmp_path, 
     pytest.importorskip("transformers")
     bench = _load_bench("paired_ratio")
     out = tmp_path / "ratio.json"
-    result = bench.main(["--mode", "train", "--reps", "3", "--layers", "2", "--hidden", "64",
+    result = bench.main(["--mode", "train", "--config", "sps3", "--quick", "--reps", "3",
                          "--batch", "2", "--threads", str(torch.get_num_threads()),
                          "--out", str(out)])
+    assert (result["layers"], result["hidden"]) == (2, 128)
     assert len(result["ours_seconds"]) == len(result["theirs_seconds"]) == 3
     assert result["min"] <= result["ratio"] <= result["max"]
     assert result["verdict"] in ("faster", "slower", "not decided")
