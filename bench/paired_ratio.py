@@ -82,6 +82,9 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.reps < 3:
         raise SystemExit(f"error: --reps {args.reps}: need at least 3 pairs for an interval")
+    for flag in ("batch", "threads"):
+        if getattr(args, flag) < 1:
+            raise SystemExit(f"error: --{flag} {getattr(args, flag)}: use 1 or more")
     if args.clock == "cpu" and args.threads != 1:
         raise SystemExit("error: --clock cpu adds up every thread's time: use it with --threads 1")
     torch.set_num_threads(args.threads)

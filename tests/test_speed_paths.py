@@ -632,4 +632,6 @@ def test_paired_ratio_script_times_both_models_in_pairs(fresh_choice, tmp_path, 
     assert "ours/transformers samples/s" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="--reps 2"):
         bench.main(["--reps", "2"])
+    with pytest.raises(SystemExit, match="--batch 0"):
+        bench.main(["--batch", "0"])
 
