@@ -17,7 +17,6 @@ decided.
 """
 import argparse
 import math
-import statistics
 import sys
 from pathlib import Path
 
@@ -26,14 +25,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import speed  # noqa: E402,F401  (puts src/ on sys.path)
 import BERT.pytorch_pretrained_bert.linear as fast_linear  # noqa: E402
-from BERT.pytorch_pretrained_bert import BertConfig  # noqa: E402
-from grid.stats import t_quantile  # noqa: E402
+from grid.stats import paired  # noqa: E402
 from speed.machine import Clock  # noqa: E402
-from speed.measure import CONFIGS, FULL_SIZE, QUICK_LAYERS, QUICK_SIZE  # noqa: E402
-from speed.runners import Ours, Theirs, hf_twin, run_one  # noqa: E402
-from speed.workloads import DEFAULT_GLUE, fixed_batch, load_mrpc_dev, make_workloads  # noqa: E402
+from speed.measure import CONFIGS, twin_models  # noqa: E402
+from speed.runners import Ours, Theirs, run_one  # noqa: E402
+from speed.workloads import (DEFAULT_GLUE, fixed_batch, load_mrpc_dev,  # noqa: E402
+                             make_workloads, plan_for)
 from utils.checkpoints import write_json  # noqa: E402
-from utils.modeling import build_classifier  # noqa: E402
 
 
 def build_parser():
@@ -62,20 +60,21 @@ def build_parser():
 def paired_ratio(ours_seconds, theirs_seconds, confidence=0.95):
     """Ratio r_i = theirs_i / ours_i (ours' samples/s over theirs') of n >= 3 timed pairs.
 
-    Returns the geometric mean exp(m), with m the mean of log r_i, and the interval
-    exp(m -+ t(confidence, n - 1) * s / sqrt(n)), s the log ratios' sample standard deviation;
-    verdict 'faster' when the interval lies above 1, 'slower' when below, else 'not decided'.
+    Returns the geometric mean exp(m) and the interval exp(m -+ t(confidence, n - 1) * s /
+    sqrt(n)) of grid.stats.paired on the log ratios log r_i = log theirs_i - log ours_i (m their
+    mean, s their sample standard deviation); verdict 'faster' when the interval lies above 1,
+    'slower' when below, else 'not decided'.
     """
     if len(ours_seconds) != len(theirs_seconds) or len(ours_seconds) < 3:
         raise ValueError(f"need at least 3 pairs of timings, got {len(ours_seconds)} and "
                          f"{len(theirs_seconds)}")
     logs = [math.log(t / o) for o, t in zip(ours_seconds, theirs_seconds)]
-    n, mean = len(logs), statistics.mean(logs)
-    half = t_quantile((1 + confidence) / 2, n - 1) * statistics.stdev(logs) / math.sqrt(n)
-    low, high = math.exp(mean - half), math.exp(mean + half)
+    c = paired({i: math.log(t) for i, t in enumerate(theirs_seconds)},
+               {i: math.log(o) for i, o in enumerate(ours_seconds)}, level=confidence)
+    low, high = math.exp(c.low), math.exp(c.high)
     verdict = "faster" if low > 1 else "slower" if high < 1 else "not decided"
-    return {"ratio": math.exp(mean), "low": low, "high": high, "verdict": verdict,
-            "pairs": n, "min": math.exp(min(logs)), "max": math.exp(max(logs))}
+    return {"ratio": math.exp(c.mean), "low": low, "high": high, "verdict": verdict,
+            "pairs": c.n, "min": math.exp(min(logs)), "max": math.exp(max(logs))}
 
 
 def main(argv=None):
@@ -89,19 +88,11 @@ def main(argv=None):
         raise SystemExit("error: --clock cpu adds up every thread's time: use it with --threads 1")
     torch.set_num_threads(args.threads)
     fast_linear.LINEAR_PATH = args.linear
-    layers, model_type = CONFIGS[args.config]
-    if args.quick:
-        layers = QUICK_LAYERS[args.config]
-    size = QUICK_SIZE if args.quick else FULL_SIZE
-    config = BertConfig(30522, num_hidden_layers=layers, **size)
-    torch.manual_seed(0)
-    model = build_classifier(config, 2, model_type).train()
     cpu = torch.device("cpu")
-    # transformers' twin first: it copies our initial weights before our optimizer moves them
-    theirs = Theirs(hf_twin(model, model_type, 2).train(), cpu, "fp32")
-    ours = Ours(model, cpu, "fp32")
+    config, _, ours_model, theirs_model = twin_models(args.config, args.quick, cpu)
+    ours, theirs = Ours(ours_model.train(), cpu, "fp32"), Theirs(theirs_model.train(), cpu, "fp32")
     if args.workload == "mrpc":
-        plan = {"train_batch": args.batch, "infer_batch": args.batch, "k_train": 2, "k_infer": 3}
+        plan = plan_for(args.config, args, cpu)  # --batch sets both sizes, as in make bench
         batches = make_workloads(load_mrpc_dev(args.glue_dir), config, plan, cpu)[
             (args.mode, "mrpc")]["dynamic"]
     else:

@@ -60,6 +60,17 @@ def key_of(mode, workload, impl, variant, objective, amp):
     return "/".join((amp, mode, workload, name, variant))
 
 
+def twin_models(name, quick, device):
+    """(config, model type, ours, transformers' twin with ours' weights) of config `name`,
+    --quick's tiny size when `quick`; seeded, so every benchmark builds the same weights."""
+    layers, model_type = CONFIGS[name]
+    config = BertConfig(30522, num_hidden_layers=QUICK_LAYERS[name] if quick else layers,
+                        **(QUICK_SIZE if quick else FULL_SIZE))
+    torch.manual_seed(0)
+    ours_model = build_classifier(config, 2, model_type).to(device)
+    return config, model_type, ours_model, hf_twin(ours_model, model_type, 2).to(device)
+
+
 def bench_config(name, args, device, features, amp, budget_s, clock, log):
     """Every measurement of config `name` at one precision, within `budget_s` seconds.
 
@@ -67,13 +78,8 @@ def bench_config(name, args, device, features, amp, budget_s, clock, log):
     sample, optimizers, repeats, the load other processes put on the machine, and per
     measurement (key_of) the median samples/s, tokens/s and every run's seconds.
     """
-    layers, model_type = CONFIGS[name]
-    layers = QUICK_LAYERS[name] if args.quick else layers
-    config = BertConfig(30522, num_hidden_layers=layers,
-                        **(QUICK_SIZE if args.quick else FULL_SIZE))
-    torch.manual_seed(0)
-    ours_model = build_classifier(config, 2, model_type).to(device)
-    theirs_model = hf_twin(ours_model, model_type, 2).to(device)
+    config, model_type, ours_model, theirs_model = twin_models(name, args.quick, device)
+    layers = config.num_hidden_layers
     plan = plan_for(name, args, device)
     workloads = make_workloads(features, config, plan, device)
     impls = {"ours": Ours(ours_model, device, amp, args.compile),
