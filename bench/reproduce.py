@@ -10,9 +10,10 @@ ptp_pkd, ptp_sps_pkd (PTP start point, then PKD). `--protocol` picks named setti
 finished stage records the settings that made it (grid_stage.json): a repeated command skips
 finished stages and continues an interrupted one from its last epoch (--resume), and a command
 with other settings in the same work folder is refused. `--report_only` writes the tables from
-the stages finished so far without running any (a grid that spans sessions). Writes results.csv (one row per run), results.md (mean ± std per
-variant, the paper's claims as paired comparisons over seeds, PTP label counts) and results.png
-(matplotlib, optional).
+the stages finished so far without running any (a grid that spans sessions). `--teacher_from`
+links the finished teacher of another work folder, for a new study with the same teacher.
+Writes results.csv (one row per run), results.md (mean ± std per variant, the paper's claims as
+paired comparisons over seeds, PTP label counts) and results.png (matplotlib, optional).
 """
 import argparse
 import sys
@@ -62,6 +63,10 @@ def build_parser():
         p.add_argument(flag, default="",
                        help=f"more {script} flags for every {kind} stage, as one "
                             "shell-quoted string, e.g. \"--warmup_proportion 0.2\"")
+    p.add_argument("--teacher_from", default=None, metavar="WORK_DIR",
+                   help="take the finished teacher and teacher outputs of another grid's work "
+                        "folder (linked, not copied; made with this grid's teacher settings), "
+                        "e.g. for a study with new seeds")
     p.add_argument("--jobs", type=int, default=1,
                    help="stages run at once (CPU: cores // jobs threads each; several GPUs: "
                         "one per process)")
@@ -83,6 +88,8 @@ def settings_header(args, given):
                       for k in keys)
     extra = "; ".join(f"{flag} {getattr(args, flag[2:])!r}" for _, flag in KINDS.values()
                       if getattr(args, flag[2:]))
+    if args.teacher_from:
+        shown += f", teacher from {args.teacher_from}"
     return (f"# {args.task}: protocol `{args.protocol}`\n\n{shown}"
             + (f"; {extra}" if extra else "") + "\n\n")
 
@@ -98,6 +105,8 @@ def prepare(args):
     work = Path(args.work_dir).resolve()
     _, stages = grid_plan.plan_grid(args, work, depth)
     grid_plan.check_script_flags(stages)
+    if args.teacher_from:
+        grid_plan.link_teacher(args.teacher_from, stages, work)
     grid_plan.check_finished(stages, work)
     return work, stages, given
 

@@ -3,6 +3,7 @@ run of its plan, resumes, refuses a work folder whose runs were made with other 
 its inputs before anything runs, and runs stages at once with the same results."""
 import importlib.util
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -143,6 +144,48 @@ def test_jobs_2_gives_the_same_results_as_jobs_1(cola_grid, capsys):
                if not c.endswith(("seconds", "per_second")) and c != "seed"]
     pd.testing.assert_frame_equal(frame[results], frame2[results])
     assert capsys.readouterr().out.count("[done ") == 5
+
+
+def test_teacher_from_links_another_grids_teacher(cola_grid, tmp_path, capsys):
+    """A new study (other seeds, other variants) takes a finished grid's teacher and teacher
+    outputs through links instead of training them again; an unfinished source, or one made
+    with other teacher settings, or a folder with a teacher of its own, is refused in one line
+    before anything is linked or run, and the source folder is never written."""
+    reproduce, argv, root, frame = cola_grid
+    source = root / "work"
+    before = tree_digest(source)
+
+    def study(work, *extra):
+        new = [str(work) if a == str(source) else a for a in argv]
+        new[new.index("--seeds") + 1] = "2"
+        new[new.index("--variants") + 1] = "ft"
+        return new + ["--no_plot", "--teacher_from", str(source), *extra]
+
+    work = tmp_path / "study2"
+    refused = [(study(work, "--teacher_seed", "7"), "--train_seed 42 (now 7)"),
+               (study(tmp_path / "own"), "already has its own teacher"),
+               (study(work)[:-1] + [str(tmp_path / "empty")], "has not finished")]
+    shutil.copytree(source / "teacher", tmp_path / "own" / "teacher")
+    (tmp_path / "empty").mkdir()
+    for command, needle in refused:
+        with pytest.raises(SystemExit) as err:
+            reproduce.main(command)
+        message = str(err.value)
+        assert message.startswith("error: --") and needle in message, message
+        assert "\n" not in message
+    assert not work.exists() and not (tmp_path / "own" / "ft_seed2").exists()
+    assert sorted(p.name for p in (tmp_path / "own").iterdir()) == ["teacher"]
+
+    second = reproduce.main(study(work))
+    out = capsys.readouterr().out
+    assert "] teacher: " in out and "] teacher_outputs: " in out and out.count("[run ") == 1
+    assert (work / "teacher").is_symlink() and not os.path.isabs(os.readlink(work / "teacher"))
+    assert list(second["variant"]) == ["teacher", "ft"] and list(second["seed"]) == ["-", "2"]
+    assert second.loc[0, "mcc"] == frame.loc[0, "mcc"]  # the same teacher run
+    assert f"teacher from {source}" in (work / "results.md").read_text()
+    again = reproduce.main(study(work))  # a repeated command keeps its links and runs nothing
+    assert "[run " not in capsys.readouterr().out and again["mcc"].equals(second["mcc"])
+    assert tree_digest(source) == before
 
 
 def test_bad_inputs_fail_in_one_line_before_any_run(tmp_path):

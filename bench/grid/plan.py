@@ -11,8 +11,9 @@ import contextlib
 import importlib.util
 import io
 import json
+import os
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from BERT.pytorch_pretrained_bert import load_config
@@ -42,6 +43,8 @@ KINDS = {"teacher": ("finetune.py", "--teacher_args"),
          "teacher_outputs": ("save_teacher_outputs.py", "--teacher_outputs_args"),
          "ptp": ("PTP.py", "--ptp_args"),
          "student": ("finetune.py", "--student_args")}
+# the stages --teacher_from takes from another grid's work folder
+TEACHER_KINDS = ("teacher", "teacher_outputs")
 
 
 class GridError(Exception):
@@ -333,3 +336,38 @@ def check_finished(stages, work):
         raise GridError(f"--work_dir {work} holds {len(stale)} finished run(s) made with other "
                         f"settings ({shown}{more}); use another --work_dir or delete those "
                         "runs")
+
+
+def link_teacher(source, stages, work):
+    """Makes another grid's finished teacher and teacher outputs (its work folder `source`)
+    this grid's, through relative symbolic links, so that one teacher serves several studies
+    (say, a confirmatory one with new seeds). Checks both stages in `source` against this
+    grid's settings first and refuses in one line, linking nothing, when either is missing or
+    was made otherwise. Links an earlier call made are kept (a resumed grid)."""
+    source = Path(source).resolve()
+    if source == work:
+        raise GridError(f"--teacher_from {source} is the --work_dir itself; name the work "
+                        "folder of another grid")
+    links = {}
+    for stage in (s for s in stages if s.kind in TEACHER_KINDS):
+        there = {path: source / path.relative_to(work) for path in (stage.done, stage.record)}
+        moved = replace(stage, done=there[stage.done], record=there[stage.record])
+        if not moved.done.exists():
+            raise GridError(f"--teacher_from {source}: its {stage.label} stage has not "
+                            f"finished ({moved.done.name} is missing); finish that grid first")
+        problem = differences(moved, work)
+        if problem:
+            raise GridError(f"--teacher_from {source}: its {stage.label} was made with other "
+                            f"settings ({problem}); give this grid the same teacher flags")
+        for path in there:
+            top = work / path.relative_to(work).parts[0]  # e.g. <work>/teacher, a folder
+            links[top] = source / top.name
+    for link, target in links.items():
+        if (link.exists() or link.is_symlink()) and not (
+                link.is_symlink() and link.resolve() == target.resolve()):
+            raise GridError(f"--work_dir {work} already has its own {link.name}; leave out "
+                            "--teacher_from or use a new --work_dir")
+    work.mkdir(parents=True, exist_ok=True)
+    for link, target in links.items():
+        if not link.is_symlink():
+            link.symlink_to(os.path.relpath(target, link.parent))
