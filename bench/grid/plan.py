@@ -343,7 +343,7 @@ def link_teacher(source, stages, work):
     this grid's, through relative symbolic links, so that one teacher serves several studies
     (say, a confirmatory one with new seeds). Checks both stages in `source` against this
     grid's settings first and refuses in one line, linking nothing, when either is missing or
-    was made otherwise. Links an earlier call made are kept (a resumed grid)."""
+    was made otherwise."""
     source = Path(source).resolve()
     if source == work:
         raise GridError(f"--teacher_from {source} is the --work_dir itself; name the work "
@@ -362,12 +362,13 @@ def link_teacher(source, stages, work):
         for path in there:
             top = work / path.relative_to(work).parts[0]  # e.g. <work>/teacher, a folder
             links[top] = source / top.name
-    for link, target in links.items():
-        if (link.exists() or link.is_symlink()) and not (
-                link.is_symlink() and link.resolve() == target.resolve()):
+    # links an earlier call made are kept; anything else already there is this folder's own
+    missing = [link for link, target in links.items()
+               if not (link.is_symlink() and link.resolve() == target.resolve())]
+    for link in missing:
+        if link.exists() or link.is_symlink():
             raise GridError(f"--work_dir {work} already has its own {link.name}; leave out "
                             "--teacher_from or use a new --work_dir")
     work.mkdir(parents=True, exist_ok=True)
-    for link, target in links.items():
-        if not link.is_symlink():
-            link.symlink_to(os.path.relpath(target, link.parent))
+    for link in missing:
+        link.symlink_to(os.path.relpath(links[link], link.parent))
