@@ -12,6 +12,8 @@ finished stages and continues an interrupted one from its last epoch (--resume),
 with other settings in the same work folder is refused. `--report_only` writes the tables from
 the stages finished so far without running any (a grid that spans sessions). `--teacher_from`
 links the finished teacher of another work folder, for a new study with the same teacher.
+`--records_dir` keeps every finished stage's small files (results, settings, logs; no weights)
+in a folder that outlives the machine and restores them into a new work folder (grid/records.py).
 Writes results.csv (one row per run), results.md (mean ± std per variant, the paper's claims as
 paired comparisons over seeds, PTP label counts) and results.png (matplotlib, optional).
 """
@@ -23,7 +25,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCH.parent / "src"), str(BENCH)]
 
 from grid import plan as grid_plan  # noqa: E402
-from grid import report  # noqa: E402
+from grid import records, report  # noqa: E402
 from grid.plan import KINDS, VARIANTS, GridError  # noqa: E402
 from grid.protocols import DEFAULT_PROTOCOL, PROTOCOLS, apply_protocol  # noqa: E402
 from grid.run import run_stages  # noqa: E402
@@ -67,6 +69,10 @@ def build_parser():
                    help="take the finished teacher and teacher outputs of another grid's work "
                         "folder (linked, not copied; made with this grid's teacher settings), "
                         "e.g. for a study with new seeds")
+    p.add_argument("--records_dir", default=None, metavar="DIR",
+                   help="keep each finished stage's results, settings and logs (no weights) "
+                        "in DIR, and restore the runs kept there into a new --work_dir: for a "
+                        "study over machines that lose their disks (e.g. DIR in git)")
     p.add_argument("--jobs", type=int, default=1,
                    help="stages run at once (CPU: cores // jobs threads each; several GPUs: "
                         "one per process)")
@@ -107,7 +113,15 @@ def prepare(args):
     grid_plan.check_script_flags(stages)
     if args.teacher_from:
         grid_plan.link_teacher(args.teacher_from, stages, work)
+    if args.records_dir:
+        restored = records.restore(stages, args.records_dir, work)
+        if restored:
+            print(f"restored {len(restored)} finished run(s) from {args.records_dir}: "
+                  f"{', '.join(restored)}", flush=True)
     grid_plan.check_finished(stages, work)
+    if args.records_dir:  # a records folder given to a grid under way gets its finished runs
+        for stage in (s for s in stages if s.done.exists()):
+            records.keep(stage, stages, args.records_dir)
     return work, stages, given
 
 
@@ -132,6 +146,14 @@ def print_ptp(stage):
         print(warning, flush=True)
 
 
+def after_stage(stage, stages, records_dir):
+    """What the grid does as each stage finishes: PTP label counts, and the stage's records."""
+    if stage.kind == "ptp":
+        print_ptp(stage)
+    if records_dir:
+        records.keep(stage, stages, records_dir)
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
@@ -145,7 +167,7 @@ def main(argv=None):
             logs.mkdir(parents=True, exist_ok=True)
             cache = {} if args.no_feature_cache else {FEATURE_CACHE_ENV: str(work / "cache")}
             run_stages(stages, work, logs, args.jobs, env_extra=cache,
-                       on_done=lambda s: print_ptp(s) if s.kind == "ptp" else None)
+                       on_done=lambda s: after_stage(s, stages, args.records_dir))
     except GridError as e:
         raise SystemExit(f"error: {e}") from None
     except KeyboardInterrupt:

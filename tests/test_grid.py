@@ -164,3 +164,26 @@ def test_the_variant_table_shows_a_dash_where_no_run_has_a_value():
     assert lines[0] == "| variant | runs | acc | wall_seconds |"
     assert lines[2] == "| teacher | 1 | 0.8000 ± 0.0000 | 100.0 |"
     assert lines[3] == "| ft | 2 | 0.7200 ± 0.0283 | - |"
+
+
+def test_predictions_digest_follows_the_predictions_not_the_folder(tmp_path):
+    """The grid's records compare teachers by this digest: the same predictions saved by
+    teachers in two folders digest alike; one changed logit does not."""
+    import torch
+
+    from utils import teacher_outputs
+
+    def saved(name, teacher_dir, logits):
+        split = teacher_outputs.make_split("f" * 64, logits, torch.ones(3, 4), torch.ones(3, 2, 4),
+                                           torch.tensor([0, 1, 1]), torch.ones(3, 5),
+                                           torch.full((3,), 5), {"acc": 1.0})
+        path = tmp_path / name
+        teacher_outputs.save(path, "MRPC", 2, 5, teacher_dir, {"train": split})
+        return teacher_outputs.predictions_digest(path)
+
+    logits = torch.tensor([[0.1, 0.9], [0.2, 0.8], [0.7, 0.3]])
+    first = saved("a.pkl", tmp_path / "one" / "teacher", logits)
+    assert saved("b.pkl", tmp_path / "two" / "teacher", logits.clone()) == first
+    changed = logits.clone()
+    changed[2, 0] += 1e-6
+    assert saved("c.pkl", tmp_path / "one" / "teacher", changed) != first

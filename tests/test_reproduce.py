@@ -188,6 +188,54 @@ def test_teacher_from_links_another_grids_teacher(cola_grid, tmp_path, capsys):
     assert tree_digest(source) == before
 
 
+def test_records_dir_keeps_runs_across_machines(cola_grid, tmp_path, capsys):
+    """--records_dir keeps each finished stage's small files (no weights). On a new machine (an
+    empty work folder) the grid restores the kept runs whose dependants are all kept, trains
+    the teacher again and runs the rest; a teacher whose outputs differ from the kept runs'
+    stops the grid, and kept runs made with other settings are refused before anything runs."""
+    reproduce, argv, root, frame = cola_grid
+    rec = tmp_path / "records"
+
+    def on(work, *extra):
+        return [str(work) if a == str(root / "work") else a for a in argv] + [
+            "--no_plot", "--records_dir", str(rec), *extra]
+
+    first = tmp_path / "first"
+    shutil.copytree(root / "work", first)
+    reproduce.main(on(first))  # a grid under way: its finished runs are kept, nothing runs
+    assert "[run " not in capsys.readouterr().out
+    kept = sorted(str(p.relative_to(rec)) for p in rec.rglob("*") if p.is_file())
+    assert "teacher_outputs/sha256" in kept and "ft_seed1/eval_results.json" in kept
+    assert "ptp_SPS_seed1/PTP.args.json" in kept and "ptp_sps_pkd_seed1/grid_stage.json" in kept
+    assert {Path(k).suffix for k in kept} == {".json", ".csv", ""}  # no weights, no vocab
+
+    # a new machine, with one student never kept: its PTP run is not restored either
+    shutil.rmtree(rec / "ptp_sps_pkd_seed1")
+    second = reproduce.main(on(tmp_path / "second"))
+    out = capsys.readouterr().out
+    assert "restored 1 finished run(s) from " in out and ": ft_seed1\n" in out
+    assert out.count("[run ") == 4 and "[skip 5/5] ft_seed1" in out
+    results = [c for c in frame.columns
+               if not c.endswith(("seconds", "per_second")) and c != "seed"]
+    pd.testing.assert_frame_equal(frame[results], second[results])
+    assert (rec / "ptp_sps_pkd_seed1" / "eval_results.json").is_file()
+
+    (rec / "teacher_outputs" / "sha256").write_text("0" * 64 + "\n")
+    with pytest.raises(SystemExit) as err:
+        reproduce.main(on(tmp_path / "third"))
+    message = str(err.value)
+    assert "differ from those its runs were made with (000000000000)" in message, message
+    assert "\n" not in message
+    out = capsys.readouterr().out
+    assert "restored 3 finished run(s)" in out and out.count("[run ") == 2
+
+    with pytest.raises(SystemExit) as err:
+        reproduce.main(on(tmp_path / "fourth", "--lr", "1e-4"))
+    message = str(err.value)
+    assert message.startswith("error: --records_dir ") and "\n" not in message
+    assert "--learning_rate 5e-05 (now 0.0001)" in message, message
+    assert not (tmp_path / "fourth").exists() or not any((tmp_path / "fourth").iterdir())
+
 def test_bad_inputs_fail_in_one_line_before_any_run(tmp_path):
     glue = make_glue(tmp_path / "glue", tasks=("MRPC",))
     bert = make_tiny_bert(tmp_path / "bert", glue)

@@ -13,6 +13,7 @@ and PTP.py. Layout (schema version 1), all plain data and tensors so `weights_on
          "labels": (N,) gold or None (test), "correct": (N,) bool or None,
          "input_ids": (N, S) int32, "lengths": (N,) int32, "metrics": {name: float}}}}
 """
+import hashlib
 from pathlib import Path
 
 import envs
@@ -90,6 +91,24 @@ def save(path, task_name, teacher_layers, max_seq_length, teacher_dir, splits):
               "patient": patient, "teacher_dir": str(teacher_dir), "splits": splits}
     atomic_torch_save(record, path)
     return record
+
+
+def predictions_digest(path):
+    """sha256 over what the teacher predicted: every split's example fingerprint and its logits,
+    pooled and layer_cls tensors (name, shape, dtype, bytes), in sorted order. Not the file's
+    bytes, which also hold the teacher's folder: the same teacher trained again in another
+    folder has the same digest."""
+    record = safe_torch_load(path, "teacher outputs file", mmap=True)
+    sha = hashlib.sha256()
+    for split in sorted(record["splits"]):
+        entry = record["splits"][split]
+        sha.update(f"{split}:{entry['fingerprint']}".encode())
+        for key in ("logits", "pooled", "layer_cls"):
+            tensor = entry.get(key)
+            if tensor is not None:
+                sha.update(f"{key}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+                sha.update(tensor.contiguous().numpy().tobytes())
+    return sha.hexdigest()
 
 
 def load(path, task_name, expected, max_seq_length, need_patient=False):
