@@ -113,15 +113,11 @@ def prepare(args):
     grid_plan.check_script_flags(stages)
     if args.teacher_from:
         grid_plan.link_teacher(args.teacher_from, stages, work)
-    if args.records_dir:
-        restored = records.restore(stages, args.records_dir, work)
-        if restored:
-            print(f"restored {len(restored)} finished run(s) from {args.records_dir}: "
-                  f"{', '.join(restored)}", flush=True)
+    if args.records_dir:  # kept runs made otherwise are refused before anything runs
+        records.restorable(stages, args.records_dir, work)
     grid_plan.check_finished(stages, work)
-    if args.records_dir:  # a records folder given to a grid under way gets its finished runs
-        for stage in (s for s in stages if s.done.exists()):
-            records.keep(stage, stages, args.records_dir)
+    if args.records_dir:
+        sync_records(stages, args.records_dir, work)
     return work, stages, given
 
 
@@ -146,12 +142,22 @@ def print_ptp(stage):
         print(warning, flush=True)
 
 
-def after_stage(stage, stages, records_dir):
-    """What the grid does as each stage finishes: PTP label counts, and the stage's records."""
+def sync_records(stages, records_dir, work):
+    restored = records.sync(stages, records_dir, work)
+    if restored:
+        print(f"restored {len(restored)} finished run(s) from {records_dir}: "
+              f"{', '.join(restored)}", flush=True)
+
+
+def after_stage(stage, stages, records_dir, work):
+    """What the grid does as each stage finishes: PTP label counts, and its records (the
+    teacher's with its outputs, which are checked first; grid/records.py)."""
     if stage.kind == "ptp":
         print_ptp(stage)
-    if records_dir:
-        records.keep(stage, stages, records_dir)
+    if records_dir and stage.kind == "teacher_outputs":
+        sync_records(stages, records_dir, work)
+    elif records_dir and stage.kind != "teacher":
+        records.keep(stage, records_dir)
 
 
 def main(argv=None):
@@ -167,7 +173,7 @@ def main(argv=None):
             logs.mkdir(parents=True, exist_ok=True)
             cache = {} if args.no_feature_cache else {FEATURE_CACHE_ENV: str(work / "cache")}
             run_stages(stages, work, logs, args.jobs, env_extra=cache,
-                       on_done=lambda s: after_stage(s, stages, args.records_dir))
+                       on_done=lambda s: after_stage(s, stages, args.records_dir, work))
     except GridError as e:
         raise SystemExit(f"error: {e}") from None
     except KeyboardInterrupt:

@@ -190,9 +190,10 @@ def test_teacher_from_links_another_grids_teacher(cola_grid, tmp_path, capsys):
 
 def test_records_dir_keeps_runs_across_machines(cola_grid, tmp_path, capsys):
     """--records_dir keeps each finished stage's small files (no weights). On a new machine (an
-    empty work folder) the grid restores the kept runs whose dependants are all kept, trains
-    the teacher again and runs the rest; a teacher whose outputs differ from the kept runs'
-    stops the grid, and kept runs made with other settings are refused before anything runs."""
+    empty work folder) the grid trains the teacher again, restores the kept runs whose
+    dependants are all kept, and runs the rest; a teacher whose predictions differ from the
+    kept runs' stops the grid before any run is restored, and kept runs made with other
+    settings are refused before anything runs."""
     reproduce, argv, root, frame = cola_grid
     rec = tmp_path / "records"
 
@@ -220,14 +221,21 @@ def test_records_dir_keeps_runs_across_machines(cola_grid, tmp_path, capsys):
     pd.testing.assert_frame_equal(frame[results], second[results])
     assert (rec / "ptp_sps_pkd_seed1" / "eval_results.json").is_file()
 
+    kept_digest = (rec / "teacher_outputs" / "sha256").read_text()
     (rec / "teacher_outputs" / "sha256").write_text("0" * 64 + "\n")
     with pytest.raises(SystemExit) as err:
         reproduce.main(on(tmp_path / "third"))
     message = str(err.value)
     assert "differ from those its runs were made with (000000000000)" in message, message
     assert "\n" not in message
+    out = capsys.readouterr().out  # nothing restored: the kept runs' teacher is another
+    assert "restored" not in out and out.count("[run ") == 2
+    assert not list((tmp_path / "third").glob("*seed1"))
+    (rec / "teacher_outputs" / "sha256").write_text(kept_digest)
+    third = reproduce.main(on(tmp_path / "third"))  # the right teacher: all three restored
     out = capsys.readouterr().out
-    assert "restored 3 finished run(s)" in out and out.count("[run ") == 2
+    assert "restored 3 finished run(s)" in out and "[run " not in out
+    pd.testing.assert_frame_equal(frame[results], third[results])
 
     with pytest.raises(SystemExit) as err:
         reproduce.main(on(tmp_path / "fourth", "--lr", "1e-4"))

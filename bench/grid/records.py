@@ -8,8 +8,9 @@ RECORDS/teacher_outputs/ the teacher file's record and the digest of its predict
 
 A restored run brings its results, not its weights. So a stage is restored only where every
 stage that needs it is finished or restored too: the students, and a PTP run whose students
-all are. The teacher is trained again for the runs still to do, and its outputs must have the
-digest the kept runs were made with, or the grid stops before mixing two teachers.
+all are. The teacher is trained again for the runs still to do, and nothing is restored or
+kept until its outputs are there and have the digest the kept runs were made with: otherwise
+the grid stops, before two teachers' runs meet in one folder.
 """
 from dataclasses import replace
 from pathlib import Path
@@ -37,39 +38,30 @@ def copy(source, target):
     atomic_write(target, lambda f: f.write(data))
 
 
-def check_teacher(stages, records):
-    """Stops when the teacher's predictions in the work folder differ from those recorded (the
-    file the kept runs were made with)."""
-    outputs = next(s for s in stages if s.kind == "teacher_outputs")
-    kept = Path(records) / outputs.label / DIGEST
-    if not (kept.is_file() and outputs.done.exists()):
-        return
-    here, there = predictions_digest(outputs.done), kept.read_text(encoding="utf-8").strip()
-    if here != there:
-        raise GridError(f"--records_dir {records}: the teacher outputs made here "
-                        f"({outputs.done.name}, predictions sha256 {here[:12]}) differ from those its runs "
-                        f"were made with ({there[:12]}); the runs would mix two teachers: give "
-                        "a new --records_dir, or the teacher settings and machine of the kept "
-                        "runs")
-
-
-def keep(stage, stages, records):
-    """Copies a finished stage's small files to records/<label>/ (each write atomic); for the
-    teacher outputs, checks them against the recorded digest first, then records it."""
+def keep(stage, records):
+    """Copies a finished stage's small files to records/<label>/ (each write atomic). For the
+    teacher outputs it records the digest of the teacher's predictions, and stops, in one line,
+    when a digest recorded earlier (the file the kept runs were made with) differs."""
     folder = Path(records) / stage.label
     if stage.kind == "teacher_outputs":
-        check_teacher(stages, records)
-        data = (predictions_digest(stage.done) + "\n").encode("utf-8")
+        here, kept = predictions_digest(stage.done), folder / DIGEST
+        there = kept.read_text(encoding="utf-8").strip() if kept.is_file() else here
+        if here != there:
+            raise GridError(f"--records_dir {records}: the teacher outputs made here "
+                            f"({stage.done.name}, predictions sha256 {here[:12]}) differ from "
+                            f"those its runs were made with ({there[:12]}); the runs would mix "
+                            "two teachers: give a new --records_dir, or the teacher settings "
+                            "and machine of the kept runs")
         folder.mkdir(parents=True, exist_ok=True)
-        atomic_write(folder / DIGEST, lambda f: f.write(data))
+        atomic_write(kept, lambda f: f.write((here + "\n").encode("utf-8")))
     for path in small_files(stage):
         copy(path, folder / path.name)
 
 
-def restore(stages, records, work):
-    """Copies into `work` the kept files of every stage not finished there whose dependants
-    are all finished or restored, checking each one's recorded settings against the plan
-    first (a one-line refusal names the flags that differ). Returns the labels restored."""
+def restorable(stages, records, work):
+    """The stages not finished in `work` whose kept files are in `records` and whose dependants
+    are all finished or restorable too, in plan order. Refuses, in one line naming the flags
+    that differ, a kept run made with other settings than the plan's."""
     records = Path(records)
     dependants = {s.label: [d.label for d in stages if s.label in d.needs] for s in stages}
     finished = {s.label for s in stages if s.done.exists()}
@@ -87,10 +79,26 @@ def restore(stages, records, work):
                             "new --records_dir")
         finished.add(stage.label)
         chosen.append(stage)
+    return chosen[::-1]
+
+
+def sync(stages, records, work):
+    """Levels `work` and `records` once this grid's teacher outputs exist (nothing is kept or
+    restored before): checks their digest against the kept one (a mismatch stops the grid),
+    restores the restorable runs, then keeps every finished stage. Returns the labels
+    restored."""
+    outputs = next(s for s in stages if s.kind == "teacher_outputs")
+    if not outputs.done.exists():
+        return []
+    keep(outputs, records)
+    chosen = restorable(stages, records, work)
     for stage in chosen:
-        folder = stage.record.parent
-        files = sorted((records / stage.label).iterdir(), key=lambda p: p.name == stage.done.name)
-        for path in files:  # the results file last: a stage half restored is not finished
+        kept = sorted((Path(records) / stage.label).iterdir(),
+                      key=lambda p: p.name == stage.done.name)
+        for path in kept:  # the results file last: a stage half restored is not finished
             if path.suffix in SUFFIXES:
-                copy(path, folder / path.name)
-    return [s.label for s in reversed(chosen)]
+                copy(path, stage.record.parent / path.name)
+    for stage in stages:
+        if stage is not outputs and stage.done.exists():
+            keep(stage, records)
+    return [s.label for s in chosen]

@@ -98,6 +98,11 @@ def run_stages(stages, work, logs, jobs=1, env_extra=None, on_done=None):
                 if ready is None:
                     break
                 pending.remove(ready)
+                if ready.done.exists():  # finished meanwhile: restored from --records_dir
+                    print(f"[skip {position[ready.label]}/{total}] {ready.label}: "
+                          f"{ready.done} exists", flush=True)
+                    finished.add(ready.label)
+                    continue
                 slot = free.pop(0)
                 resuming = " (resuming its last saved epoch)" if resume_flag(ready) else ""
                 proc, log = start(ready, envs[slot], logs)
@@ -105,7 +110,7 @@ def run_stages(stages, work, logs, jobs=1, env_extra=None, on_done=None):
                 print(f"[run  {position[ready.label]}/{total}] {ready.label}{resuming} ... "
                       f"(progress: tail -f {log})", flush=True)
             if not running:
-                if failures:
+                if failures or not pending:  # not pending: the last ones were restored
                     break
                 raise GridError("stages wait on stages that are not planned: "
                                 f"{[s.label for s in pending]}")
