@@ -81,11 +81,15 @@ def run_stages(stages, work, logs, jobs=1, env_extra=None, on_done=None):
     position = {s.label: i for i, s in enumerate(stages, 1)}
     finished = set()
     pending = []
+
+    def skip(stage):
+        print(f"[skip {position[stage.label]}/{total}] {stage.label}: {stage.done} exists",
+              flush=True)
+        finished.add(stage.label)
+
     for stage in stages:
         if stage.done.exists():
-            print(f"[skip {position[stage.label]}/{total}] {stage.label}: {stage.done} exists",
-                  flush=True)
-            finished.add(stage.label)
+            skip(stage)
         else:
             pending.append(stage)
     running, free, failures = {}, list(range(jobs)), []
@@ -99,9 +103,7 @@ def run_stages(stages, work, logs, jobs=1, env_extra=None, on_done=None):
                     break
                 pending.remove(ready)
                 if ready.done.exists():  # finished meanwhile: restored from --records_dir
-                    print(f"[skip {position[ready.label]}/{total}] {ready.label}: "
-                          f"{ready.done} exists", flush=True)
-                    finished.add(ready.label)
+                    skip(ready)
                     continue
                 slot = free.pop(0)
                 resuming = " (resuming its last saved epoch)" if resume_flag(ready) else ""
