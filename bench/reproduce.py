@@ -83,6 +83,10 @@ def build_parser():
     p.add_argument("--report_only", action="store_true",
                    help="write the tables and chart from the stages finished so far, run none "
                         "(results.md names the stages still missing)")
+    p.add_argument("--progress_only", action="store_true",
+                   help="print which stages have finished (in WORK, or kept in --records_dir) "
+                        "with their wall times and no dev values, run none, change nothing: "
+                        "for a study that must not see its results before its last seed")
     return p
 
 
@@ -116,7 +120,7 @@ def prepare(args):
     if args.records_dir:  # kept runs made otherwise are refused before anything runs
         records.restorable(stages, args.records_dir, work)
     grid_plan.check_finished(stages, work)
-    if args.records_dir:
+    if args.records_dir and not args.progress_only:
         sync_records(stages, args.records_dir, work)
     return work, stages, given
 
@@ -164,6 +168,9 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         work, stages, given = prepare(args)
+        if args.progress_only:
+            print(report.progress(stages, args.records_dir), end="")
+            return None
         if args.report_only:
             if not stages[0].done.exists():
                 raise GridError(f"--report_only: {stages[0].label} has not finished in "

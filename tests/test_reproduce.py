@@ -244,6 +244,40 @@ def test_records_dir_keeps_runs_across_machines(cola_grid, tmp_path, capsys):
     assert "--learning_rate 5e-05 (now 0.0001)" in message, message
     assert not (tmp_path / "fourth").exists() or not any((tmp_path / "fourth").iterdir())
 
+def test_progress_only_lists_finished_stages_without_values(cola_grid, tmp_path, capsys):
+    """--progress_only prints which stages have finished and their wall times, no dev value,
+    and runs and writes nothing; on a new machine a seed's stages kept in --records_dir count
+    as finished, the teacher's (trained again there) do not."""
+    reproduce, argv, root, frame = cola_grid
+    work = root / "work"
+    files = {p: p.stat().st_mtime_ns for p in work.rglob("*") if p.is_file()}
+    assert reproduce.main(argv + ["--progress_only"]) is None
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].startswith("teacher: done (") and "; teacher_outputs: done (" in lines[0]
+    assert "1 of 1 seeds finished" in out and "[run " not in out
+    assert lines[-3] == "| seed | ptp_SPS | ptp_sps_pkd | ft |"
+    assert lines[-1].startswith("| 1 | done (") and lines[-1].count("done (") == 3
+    assert "mcc" not in out and f"{frame.loc[1, 'mcc']:.4f}" not in out
+    assert {p: p.stat().st_mtime_ns for p in work.rglob("*") if p.is_file()} == files
+
+    rec = tmp_path / "records"
+    shutil.copytree(work, tmp_path / "first")
+    keep = [str(tmp_path / "first") if a == str(work) else a for a in argv]
+    reproduce.main(keep + ["--no_plot", "--records_dir", str(rec)])
+    capsys.readouterr()
+    new = [str(tmp_path / "new") if a == str(work) else a for a in argv]
+    new += ["--records_dir", str(rec), "--progress_only"]
+    reproduce.main(new)
+    out = capsys.readouterr().out
+    assert out.startswith("teacher: not yet; teacher_outputs: not yet.\n")
+    assert "1 of 1 seeds finished" in out and not (tmp_path / "new").exists()
+    shutil.rmtree(rec / "ft_seed1")
+    reproduce.main(new)
+    out = capsys.readouterr().out
+    assert "0 of 1 seeds finished" in out and out.splitlines()[-1].endswith("| not yet |")
+
+
 def test_bad_inputs_fail_in_one_line_before_any_run(tmp_path):
     glue = make_glue(tmp_path / "glue", tasks=("MRPC",))
     bert = make_tiny_bert(tmp_path / "bert", glue)

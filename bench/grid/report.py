@@ -1,6 +1,7 @@
 """The grid's results: one row per run (results.csv), mean ± std per variant and the paired
 comparisons of the paper's claims (results.md), PTP label counts, and the chart."""
 import json
+from pathlib import Path
 
 import pandas as pd
 
@@ -70,6 +71,43 @@ def read_wall(stage):
         return json.loads(stage.record.read_text(encoding="utf-8")).get("wall_seconds")
     except (OSError, ValueError):
         return None
+
+
+def progress(stages, records_dir=None):
+    """Which stages have finished, with their wall times and no dev values: a table of seeds by
+    stage (PTP run and variants) under a line for the teacher's stages. For a study that must
+    not look at its results before its last seed. A stage counts as finished in the work folder;
+    a seed's stage also when kept in `records_dir` (grid/records.py; the teacher's stages are
+    trained again on a new machine, so only the work folder counts for them)."""
+    def state(stage):
+        where = stage.record
+        if not stage.done.exists():
+            kept = Path(records_dir or "") / stage.label
+            if stage.seed is None or not records_dir or not (kept / stage.done.name).is_file():
+                return "not yet"
+            where = kept / stage.record.name
+        try:
+            wall = json.loads(where.read_text(encoding="utf-8")).get("wall_seconds")
+        except (OSError, ValueError):
+            wall = None
+        return f"done ({wall:.0f} s)" if wall else "done (wall time not recorded)"
+
+    head = [f"{s.label}: {state(s)}" for s in stages if s.seed is None]
+    columns, cells = [], {}
+    for stage in stages:
+        if stage.seed is not None:
+            column = stage.label.replace(f"_seed{stage.seed}", "")
+            columns += [column] if column not in columns else []
+            cells[stage.seed, column] = state(stage)
+    seeds = sorted({seed for seed, _ in cells}, key=int)
+    finished = sum(all(cells.get((seed, c), "done").startswith("done") for c in columns)
+                   for seed in seeds)
+    lines = ["; ".join(head) + ".", "",
+             f"{finished} of {len(seeds)} seeds finished (every stage of the seed).", "",
+             "| seed | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    lines += [f"| {seed} | " + " | ".join(cells.get((seed, c), "-") for c in columns) + " |"
+              for seed in seeds]
+    return "\n".join(lines) + "\n"
 
 
 def variant_order(frame):
