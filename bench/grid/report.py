@@ -53,7 +53,7 @@ def collect(stages):
                "train_seconds": res["train_seconds"],
                "eval_seconds": res.get("eval_seconds"),
                # the stage's process from start to exit (None for a run recorded without it)
-               "wall_seconds": read_wall(stage),
+               "wall_seconds": read_wall(stage.record),
                "train_samples_per_second": res["train_samples_per_second"],
                "inference_samples_per_second": res.get("inference_samples_per_second"),
                "code": res.get("code")}  # the git commit that made the run
@@ -66,9 +66,10 @@ def collect(stages):
     return pd.DataFrame(rows), ptp
 
 
-def read_wall(stage):
+def read_wall(record):
+    """A stage's wall time from its grid record (None where the grid did not time it)."""
     try:
-        return json.loads(stage.record.read_text(encoding="utf-8")).get("wall_seconds")
+        return json.loads(record.read_text(encoding="utf-8")).get("wall_seconds")
     except (OSError, ValueError):
         return None
 
@@ -80,17 +81,14 @@ def progress(stages, records_dir=None):
     a seed's stage also when kept in `records_dir` (grid/records.py; the teacher's stages are
     trained again on a new machine, so only the work folder counts for them)."""
     def state(stage):
-        where = stage.record
+        record = stage.record
         if not stage.done.exists():
-            kept = Path(records_dir or "") / stage.label
-            if stage.seed is None or not records_dir or not (kept / stage.done.name).is_file():
+            kept = Path(records_dir) / stage.label if records_dir and stage.seed else None
+            if kept is None or not (kept / stage.done.name).is_file():
                 return "not yet"
-            where = kept / stage.record.name
-        try:
-            wall = json.loads(where.read_text(encoding="utf-8")).get("wall_seconds")
-        except (OSError, ValueError):
-            wall = None
-        return f"done ({wall:.0f} s)" if wall else "done (wall time not recorded)"
+            record = kept / stage.record.name
+        wall = read_wall(record)
+        return "done (wall time not recorded)" if wall is None else f"done ({wall:.0f} s)"
 
     head = [f"{s.label}: {state(s)}" for s in stages if s.seed is None]
     columns, cells = [], {}
