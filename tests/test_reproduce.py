@@ -244,6 +244,7 @@ def test_records_dir_keeps_runs_across_machines(cola_grid, tmp_path, capsys):
     assert "--learning_rate 5e-05 (now 0.0001)" in message, message
     assert not (tmp_path / "fourth").exists() or not any((tmp_path / "fourth").iterdir())
 
+
 def test_progress_only_lists_finished_stages_without_values(cola_grid, tmp_path, capsys):
     """--progress_only prints which stages have finished and their wall times, no dev value,
     and runs and writes nothing; on a new machine a seed's stages kept in --records_dir count
