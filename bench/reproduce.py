@@ -119,7 +119,7 @@ def prepare(args):
         grid_plan.link_teacher(args.teacher_from, stages, work)
     if args.records_dir:  # kept runs made otherwise are refused before anything runs
         records.restorable(stages, args.records_dir, work)
-    grid_plan.check_finished(stages, work)
+    grid_plan.check_finished(stages, work, unrecorded_ok=args.progress_only)
     if args.records_dir and not args.progress_only:
         sync_records(stages, args.records_dir, work)
     return work, stages, given

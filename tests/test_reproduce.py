@@ -262,6 +262,15 @@ def test_progress_only_lists_finished_stages_without_values(cola_grid, tmp_path,
     assert "mcc" not in out and f"{frame.loc[1, 'mcc']:.4f}" not in out
     assert {p: p.stat().st_mtime_ns for p in work.rglob("*") if p.is_file()} == files
 
+    # a running grid: ft's results are written, its record not yet (the grid writes it at exit)
+    record = work / "ft_seed1" / "grid_stage.json"
+    kept = record.read_bytes()
+    record.unlink()
+    assert reproduce.main(argv + ["--progress_only"]) is None
+    out = capsys.readouterr().out
+    assert "0 of 1 seeds finished" in out and out.splitlines()[-1].endswith("| finishing |")
+    record.write_bytes(kept)
+
     rec = tmp_path / "records"
     shutil.copytree(work, tmp_path / "first")
     keep = [str(tmp_path / "first") if a == str(work) else a for a in argv]

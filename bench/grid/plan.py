@@ -326,9 +326,12 @@ def differences(stage, work):
                      for k in changed)
 
 
-def check_finished(stages, work):
-    """Refuses, in one line, when a finished stage in `work` was made with other settings."""
+def check_finished(stages, work, unrecorded_ok=False):
+    """Refuses, in one line, when a finished stage in `work` was made with other settings.
+    unrecorded_ok passes a finished stage without a record: a view of a grid that is running,
+    where a stage's results exist a moment before the grid records it at the stage's exit."""
     stale = [(s.label, d) for s in stages if s.done.exists()
+             and not (unrecorded_ok and not s.record.is_file())
              for d in [differences(s, work)] if d]
     if stale:
         shown = "; ".join(f"{label}: {d}" for label, d in stale[:3])

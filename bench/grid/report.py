@@ -79,9 +79,13 @@ def progress(stages, records_dir=None):
     stage (PTP run and variants) under a line for the teacher's stages. For a study that must
     not look at its results before its last seed. A stage counts as finished in the work folder;
     a seed's stage also when kept in `records_dir` (grid/records.py; the teacher's stages are
-    trained again on a new machine, so only the work folder counts for them)."""
+    trained again on a new machine, so only the work folder counts for them). A stage whose
+    results exist but whose record the grid has not yet written (at the stage's exit) is
+    "finishing" and not counted."""
     def state(stage):
         record = stage.record
+        if stage.done.exists() and not record.is_file():
+            return "finishing"
         if not stage.done.exists():
             kept = Path(records_dir) / stage.label if records_dir and stage.seed else None
             if kept is None or not (kept / stage.done.name).is_file():
