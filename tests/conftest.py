@@ -22,6 +22,21 @@ torch.set_num_threads(1)
 SHARED_GLUE = Path(os.environ.get("PEAKD_SHARED_GLUE", ROOT.parent / "shared" / "glue_data"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def linear_choice_cache(tmp_path_factory):
+    """The CPU Linear path's machine-wide choice (linear.py) is kept in a file of the session, not
+    in the user's ~/.cache: a test never reads a choice measured outside it."""
+    from BERT.pytorch_pretrained_bert.linear import CACHE_ENV
+
+    old = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("linear_cache") / "cpu_linear.json")
+    yield os.environ[CACHE_ENV]
+    if old is None:
+        del os.environ[CACHE_ENV]
+    else:
+        os.environ[CACHE_ENV] = old
+
+
 @pytest.fixture(scope="session")
 def shared_glue():
     """Folder with the genuine GLUE MRPC, SST-2 and CoLA files (never copied into the project)."""

@@ -10,6 +10,7 @@ import torch
 
 import envs
 from helpers import load_script, make_glue, make_tiny_bert
+import BERT.pytorch_pretrained_bert.linear as fast_linear
 from BERT.pytorch_pretrained_bert.optimization import warmup_linear
 from utils import runs, teacher_outputs
 from utils.features import train_batches
@@ -82,6 +83,9 @@ def test_four_scripts_chain_and_write_the_spec_artifacts(pipeline):
     assert set(student["best_acc"]) >= {"acc", "f1", "acc_and_f1", "loss", "epoch", "step"}
     # the run says which CPU matmul library computed it: a tiny model's layers all take F.linear
     assert student["cpu_linear"] == {"requested": "auto", "train": "mkl", "infer": "mkl"}
+    # and on which CPU and torch (float rounding depends on them)
+    assert student["machine"] == fast_linear.machine_key()
+    assert f"torch {torch.__version__}" in student["machine"]
     # and which code: the commit of this checkout (None only outside a git checkout)
     if (ROOT / ".git").exists():
         assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", student["code"]), student["code"]

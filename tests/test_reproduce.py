@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from helpers import make_glue, make_tiny_bert, tree_digest
+from BERT.pytorch_pretrained_bert.linear import machine_key
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,6 +71,7 @@ def test_grid_runs_collects_and_resumes(cola_grid, capsys):
     assert frame["wall_seconds"].gt(frame["train_seconds"]).all()
     assert "Not training: " in table
     assert "\nCode: " in table and "(3 runs)" in table  # one commit made all three runs
+    assert f"\nCPU: {machine_key()} (3 runs)." in table  # and one machine
     assert "\n| variant | seed 1 | mean |\n" in table and "\nDev mcc of the checkpoint" in table
     # every stage tokenised through one cache: one file per split (train, dev), not per stage
     assert len(list((work / "cache").glob("CoLA-*.pt"))) == 2

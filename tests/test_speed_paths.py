@@ -5,6 +5,10 @@ import contextlib
 import importlib.util
 import json
 import math
+import os
+import subprocess
+import sys
+import time
 from unittest import mock
 from contextlib import contextmanager
 from pathlib import Path
@@ -296,11 +300,15 @@ def test_onednn_linear_matches_f_linear_forward_and_backward():
 
 
 @pytest.fixture
-def fresh_choice(monkeypatch):
-    """No path forced and no auto measurement yet, as in a new process."""
+def fresh_choice(monkeypatch, tmp_path):
+    """No path forced, no auto measurement yet and none kept for the machine, as in a new process
+    on a new machine."""
     monkeypatch.setattr(fast_linear, "LINEAR_PATH", None)
     monkeypatch.setattr(fast_linear, "_AUTO", {})
     monkeypatch.delenv(fast_linear.ENV_VAR, raising=False)
+    monkeypatch.setenv(fast_linear.CACHE_ENV, str(tmp_path / "cache" / "cpu_linear.json"))
+    for cap in fast_linear.ISA_CAPS:
+        monkeypatch.delenv(cap, raising=False)
     return monkeypatch
 
 
@@ -357,11 +365,12 @@ def test_tiny_model_gives_the_same_logits_and_gradients_on_both_paths(model_type
         assert (grads_d[name] - grads_m[name]).abs().max() < 1e-5, name
 
 
-def count_probes(fresh_choice):
-    """A usable oneDNN whose probe finds it 3x faster; returns the list each probe appends to."""
+def count_probes(fresh_choice, mkl=3.0):
+    """A usable oneDNN whose probe finds it 3x faster (or MKL's seconds as given); returns the
+    list each probe appends its rounds to."""
     probes = []
-    fresh_choice.setattr(fast_linear, "time_paths",
-                         lambda: probes.append(1) or fake_timings(mkl=3.0, onednn=1.0))
+    fresh_choice.setattr(fast_linear, "time_paths", lambda rounds=fast_linear.PROBE_ROUNDS:
+                         probes.append(rounds) or fake_timings(mkl=mkl, onednn=1.0))
     fresh_choice.setattr(fast_linear, "_onednn_usable", lambda: True)
     fresh_choice.setattr(fast_linear, "_ONEDNN_OK", None)
     return probes
@@ -374,6 +383,92 @@ def test_auto_choice_is_measured_once_and_kept(fresh_choice):
         assert fast_linear.chosen_paths() == first
     assert len(probes) == 1 and first["requested"] == "auto"
     assert first["train"] == first["infer"] == "onednn"
+
+
+def new_process(fresh_choice):
+    """Forget this process's choice (what a new process starts from)."""
+    fresh_choice.setattr(fast_linear, "_AUTO", {})
+
+
+def test_a_machine_keeps_its_first_choice_for_every_later_process(fresh_choice):
+    """Each process probing anew flipped to oneDNN now and then on the AVX2 machine, and each flip
+    changed a run's rounding; so the first probe's choice is kept and later processes read it."""
+    probes = count_probes(fresh_choice)
+    first = fast_linear.chosen_paths()
+    assert probes == [fast_linear.KEPT_PROBE_ROUNDS] and first["train"] == "onednn"
+    assert first["source"].startswith("measured, kept in")
+    path = fast_linear.cache_path()
+    kept = json.loads(path.read_text())
+    assert list(kept) == [fast_linear.machine_key()]
+    assert kept[fast_linear.machine_key()]["infer"] == "onednn"
+    # later processes: a probe would now choose MKL, but the kept choice holds
+    probes = count_probes(fresh_choice, mkl=0.5)
+    for _ in range(2):
+        new_process(fresh_choice)
+        later = fast_linear.chosen_paths()
+        assert (later["train"], later["infer"]) == ("onednn", "onednn")
+        assert later["source"] == f"kept in {path}"
+    assert probes == []
+    assert not list(path.parent.glob("*.tmp"))
+
+
+@needs_onednn
+@pytest.mark.skipif(fast_linear.fcntl is None, reason="no file locks here")
+def test_processes_that_start_together_take_one_probe(tmp_path):
+    """A grid starts stages in parallel: while one process measures, the others wait for its
+    choice instead of measuring their own (which could differ)."""
+    path = tmp_path / "cpu_linear.json"
+    code = ("import sys; sys.path.insert(0, 'src'); "
+            "from BERT.pytorch_pretrained_bert import linear; "
+            "print(linear.chosen_paths()['source'])")
+    env = {**os.environ, fast_linear.CACHE_ENV: str(path), "OMP_NUM_THREADS": "1"}
+    env.pop(fast_linear.ENV_VAR, None)
+    root = Path(__file__).resolve().parents[1]
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        # hold the lock so both processes reach it before either may measure
+        fast_linear.fcntl.flock(lock, fast_linear.fcntl.LOCK_EX)
+        procs = [subprocess.Popen([sys.executable, "-c", code], cwd=root, env=env,
+                                  stdout=subprocess.PIPE, text=True) for _ in range(2)]
+        time.sleep(3)
+        fast_linear.fcntl.flock(lock, fast_linear.fcntl.LOCK_UN)
+    sources = sorted(p.communicate(timeout=120)[0].strip() for p in procs)
+    assert sources == [f"kept in {path}", f"measured, kept in {path}"]
+
+
+def test_an_isa_cap_is_another_machine(fresh_choice):
+    probes = count_probes(fresh_choice)
+    fast_linear.chosen_paths()
+    fresh_choice.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert "ONEDNN_MAX_CPU_ISA=AVX2" in fast_linear.machine_key()
+    probes = count_probes(fresh_choice, mkl=0.5)
+    new_process(fresh_choice)
+    assert fast_linear.chosen_paths()["train"] == "mkl" and len(probes) == 1
+    assert len(json.loads(fast_linear.cache_path().read_text())) == 2
+
+
+@pytest.mark.parametrize("damage", ["{not json", "[1, 2]", '{"KEY": {"train": "blas"}}'])
+def test_a_damaged_cache_is_measured_again_and_rewritten(fresh_choice, damage):
+    probes = count_probes(fresh_choice)
+    path = fast_linear.cache_path()
+    path.parent.mkdir(parents=True)
+    path.write_text(damage.replace("KEY", fast_linear.machine_key()))
+    assert fast_linear.chosen_paths()["train"] == "onednn" and len(probes) == 1
+    assert json.loads(path.read_text())[fast_linear.machine_key()]["train"] == "onednn"
+
+
+def test_without_a_cache_each_process_measures_its_own(fresh_choice, tmp_path):
+    fresh_choice.setenv(fast_linear.CACHE_ENV, "off")
+    probes = count_probes(fresh_choice)
+    for _ in range(2):
+        new_process(fresh_choice)
+        assert fast_linear.chosen_paths()["source"] == "measured in this process"
+    assert probes == [fast_linear.PROBE_ROUNDS] * 2
+    # a cache that cannot be written (its folder would be a file): the same, and no error
+    (tmp_path / "a_file").write_text("")
+    fresh_choice.setenv(fast_linear.CACHE_ENV, str(tmp_path / "a_file" / "cpu_linear.json"))
+    new_process(fresh_choice)
+    assert fast_linear.chosen_paths()["source"] == "measured in this process"
+    assert len(probes) == 3
 
 
 def test_what_a_run_records_never_starts_the_probe(fresh_choice):

@@ -56,7 +56,8 @@ def collect(stages):
                "wall_seconds": read_wall(stage.record),
                "train_samples_per_second": res["train_samples_per_second"],
                "inference_samples_per_second": res.get("inference_samples_per_second"),
-               "code": res.get("code")}  # the git commit that made the run
+               "code": res.get("code"),  # the git commit that made the run
+               "machine": res.get("machine")}  # its CPU (float rounding depends on it)
         if stage.ptp_dir is not None and ptp_of[stage.ptp_dir] in ptp:
             row.update(ptp[ptp_of[stage.ptp_dir]][0])
         rows.append(row)
@@ -210,19 +211,21 @@ def overhead_line(frame):
             f"training and evaluation (start, data, model): median {fixed.median():.1f} s.\n")
 
 
-def code_line(frame):
-    """Which commits made the runs (eval_results.json `code`), so a pooled table shows it."""
-    if "code" not in frame:
+def provenance_line(frame, column, label, width=None):
+    """Which commits (`code`) or CPUs (`machine`) made the runs, from eval_results.json, so a
+    pooled table shows it; `width` shortens each value."""
+    if column not in frame:
         return ""
-    counts = frame["code"].fillna("not recorded").map(lambda c: c[:12]).value_counts()
-    return ("\nCode: " + ", ".join(f"{c} ({n} runs)" for c, n in counts.items()) + ".\n")
+    counts = frame[column].fillna("not recorded").map(lambda c: c[:width]).value_counts()
+    return f"\n{label}: " + ", ".join(f"{c} ({n} runs)" for c, n in counts.items()) + ".\n"
 
 
 def markdown(frame, ptp, rows, metric, header=""):
     """results.md: settings header, per-variant and per-seed tables, claims, PTP labels and
     warnings."""
     parts = [header, "## Per variant (mean ± std over seeds)\n\n", summarize(frame),
-             overhead_line(frame), code_line(frame),
+             overhead_line(frame), provenance_line(frame, "code", "Code", 12),
+             provenance_line(frame, "machine", "CPU"),
              "\n## Per seed\n\n", seed_table(frame, metric)]
     if rows:
         parts += ["\n## The paper's claims, paired over shared seeds\n\n",

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from BERT.pytorch_pretrained_bert import BertAdam, count_parameters
-from BERT.pytorch_pretrained_bert.linear import (requested_path as requested_linear_path,
+from BERT.pytorch_pretrained_bert.linear import (machine_key, requested_path as
+                                                 requested_linear_path,
                                                  used_paths as used_linear_paths)
 
 from . import parallel
@@ -456,6 +457,9 @@ class _TrainingRun:
             # MKL and oneDNN round differently, so a run says which computed it (auto: timed
             # per process, linear.py)
             results["cpu_linear"] = used_linear_paths()
+            # the CPU and torch that computed it: which one ran a study's stages was unknown
+            # once a machine's CPU changed between sessions
+            results["machine"] = machine_key()
         results["code"] = code_version()
         write_json(run_file(self.run_dir, RESULTS_FILE, self.prefix), results)
         run_file(self.run_dir, RESUME_FILE, self.prefix).unlink(missing_ok=True)

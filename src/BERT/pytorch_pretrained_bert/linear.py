@@ -11,26 +11,41 @@ Which library is faster depends on the CPU, so the choice is made where the prog
 
 `PEAKD_LINEAR` (environment) or `LINEAR_PATH` (this module, for benchmarks and tests) picks:
 
-* `auto` (default): once per process, the first fp32 CPU Linear times both libraries on one
-  BERT-wide layer (PROBE_SHAPE; forward, input and weight gradient; 0.17-0.30 s on the busy
-  2-core machine, see `time_paths`) and keeps the faster for training (all three) and for
-  inference (forward only); oneDNN must win by MARGIN, so where the two are close F.linear
-  stays. A CPU of the other kind cannot be simulated here (no AVX-512 on the AVX2 machine), so
+* `auto` (default): the first fp32 CPU Linear of a process takes the choice kept for this
+  machine (CPU model, torch version and ISA caps: `machine_key`) in a small cache file
+  (`PEAKD_LINEAR_CACHE`, default ~/.cache/peakd/cpu_linear.json). Where none is kept it times
+  both libraries on one BERT-wide layer (PROBE_SHAPE; forward, input and weight gradient; see
+  `time_paths`), keeps the faster for training (all three) and for inference (forward only),
+  and writes that choice for later processes. oneDNN must win by MARGIN, so where the two are
+  close F.linear stays. Why a machine-wide choice: where the two libraries are close (an AMD
+  EPYC, family 25 model 17, with AVX-512: oneDNN 1.09x MKL per op, under MARGIN), a probe in
+  every process chose oneDNN in 8 of the 92 runs of two studies and MKL in the rest; each
+  flip changed that run's float rounding, so the same command trained another teacher, whose
+  kept runs could then not be restored. `PEAKD_LINEAR_CACHE=off` measures in every process
+  again. An AVX-512 CPU cannot be simulated on an AVX2 one (caps only remove instructions), so
   the choice is measured rather than decided by a rule about instruction sets. Layers smaller
-  than SMALL_WEIGHT (tiny test models) always take F.linear: there the Python
-  autograd.Function costs more than the GEMM (32 x 32 weights: oneDNN 5-54 GFLOP/s, MKL 21-65).
+  than SMALL_WEIGHT (tiny test models) always take F.linear: there the Python autograd.Function
+  costs more than the GEMM (32 x 32 weights: oneDNN 5-54 GFLOP/s, MKL 21-65).
 * `onednn`: every fp32 CPU Linear through oneDNN; `mkl`: every Linear through F.linear (torch's
   BLAS, MKL on x86 builds).
 
 The two libraries agree within float rounding (1e-5 on BERT-sized activations), so the choice
-changes no result beyond that; for bitwise equality across processes fix the path
+changes no result beyond that; for bitwise equality across machines fix the path
 (PEAKD_LINEAR=mkl or onednn). The oneDNN op is private to torch
 (`torch.ops.mkldnn._linear_pointwise`), so it is probed once against F.linear and skipped where
 it is missing or disagrees; autocast, torch.compile and other devices use F.linear. Parameters
 and their names are nn.Linear's, so checkpoints do not change.
 """
+import hashlib
+import json
 import os
 import time
+from pathlib import Path
+
+try:
+    import fcntl  # POSIX: processes that start together wait for the first one's probe
+except ImportError:  # pragma: no cover - Windows: no lock, the last writer's choice is kept
+    fcntl = None
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +62,13 @@ PROBE_SHAPE = (256, 768, 768)
 # oneDNN), and where the two are that close F.linear (transformers' path) should stay
 MARGIN = 1.15
 SMALL_WEIGHT = 128 * 128  # auto: weights with fewer elements always take F.linear
+CACHE_ENV = "PEAKD_LINEAR_CACHE"
+# rounds of the probe: a per-process one, and the one whose choice a machine then keeps (longer,
+# since a wrong choice would last for every later run there; about 3x the 0.17-0.30 s)
+PROBE_ROUNDS, KEPT_PROBE_ROUNDS = 4, 12
+# environment variables that cap the instruction sets either library uses
+ISA_CAPS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS",
+            "MKL_DEBUG_CPU_TYPE")
 
 
 def _onednn_matmul(x, weight, bias):
@@ -106,7 +128,7 @@ def _onednn_usable():
         return False
 
 
-def time_paths(shape=PROBE_SHAPE, rounds=4):
+def time_paths(shape=PROBE_SHAPE, rounds=PROBE_ROUNDS):
     """{path: {op: best seconds}} for ops forward, grad_input, grad_weight of one Linear.
 
     shape: (M tokens, K in, N out). Timed on one thread in this thread's CPU time: the per-core
@@ -155,7 +177,8 @@ def decide(best):
 
 
 _ONEDNN_OK = None
-# the auto choice of this process, measured once: {"train", "infer", "shape", "seconds"}
+# the auto choice of this process, read or measured once: {"train", "infer", "shape", "seconds",
+# "source"}
 _AUTO = {}
 
 
@@ -168,11 +191,86 @@ def requested_path():
     return value
 
 
+def measure(rounds=PROBE_ROUNDS):
+    """{"train", "infer", "shape", "seconds"}: one probe and its decision."""
+    best = time_paths(rounds=rounds)
+    return {**decide(best), "shape": list(PROBE_SHAPE), "seconds": best}
+
+
+def cache_path():
+    """The file that keeps each machine's choice, or None where $PEAKD_LINEAR_CACHE is off."""
+    value = os.environ.get(CACHE_ENV)
+    if value is not None:
+        value = value.strip()
+        return None if value.lower() in ("", "off") else Path(value).expanduser()
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "peakd" / "cpu_linear.json"
+
+
+def machine_key():
+    """What the choice depends on: the CPU (model name, vendor, family, model, a digest of its
+    instruction-set flags), torch's version and any ISA caps in the environment."""
+    info = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                name, _, value = line.partition(":")
+                if not name.strip():  # the first processor's block ends here
+                    break
+                info.setdefault(name.strip(), value.strip())
+    except OSError:
+        pass
+    import platform  # only here: the key is built once per process
+    flags = hashlib.sha256(info.get("flags", "").encode()).hexdigest()[:12]
+    cpu = (f"{info.get('model name') or platform.processor() or platform.machine()} "
+           f"({info.get('vendor_id', '?')} family {info.get('cpu family', '?')} "
+           f"model {info.get('model', '?')}, flags {flags})")
+    caps = " ".join(f"{v}={os.environ[v]}" for v in ISA_CAPS if v in os.environ)
+    return " | ".join(filter(None, (cpu, f"torch {torch.__version__}", caps)))
+
+
+def _read_kept(path):
+    """{machine key: choice} from `path`; a missing or damaged file holds nothing."""
+    try:
+        kept = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return kept if isinstance(kept, dict) else {}
+
+
+def _kept_choice(path):
+    """This machine's choice from `path`, measured and added there first where missing. The
+    lock makes processes that start together (a grid's parallel stages) take one probe's
+    choice. Raises OSError where the file or its folder cannot be written."""
+    key = machine_key()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        kept = _read_kept(path)
+        choice = kept.get(key)
+        if (isinstance(choice, dict)
+                and all(choice.get(mode) in ("onednn", "mkl") for mode in ("train", "infer"))):
+            return {**choice, "source": f"kept in {path}"}
+        choice = measure(KEPT_PROBE_ROUNDS)
+        kept[key] = {**choice, "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(kept, indent=1, sort_keys=True))
+        os.replace(tmp, path)  # atomic: a reader sees the old file or the new one
+        return {**choice, "source": f"measured, kept in {path}"}
+
+
 def auto_choice():
-    """This process's measured choice (measured at the first call, then kept)."""
+    """This process's choice: the machine's kept one (measured first where none is kept), or,
+    where the cache is off or cannot be written, a probe of this process's own."""
     if not _AUTO:
-        best = time_paths()
-        _AUTO.update(decide(best), shape=PROBE_SHAPE, seconds=best)
+        path, choice = cache_path(), None
+        if path is not None:
+            try:
+                choice = _kept_choice(path)
+            except OSError:
+                choice = None
+        _AUTO.update(choice or {**measure(), "source": "measured in this process"})
     return _AUTO
 
 
