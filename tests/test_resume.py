@@ -207,3 +207,21 @@ def test_an_eval_step_at_an_epoch_end_is_not_repeated(tiny2, tmp_path):
     load_script("finetune").main(finetune_args(tiny2, tmp_path / "run", "--eval_steps", 3))
     with open(tmp_path / "run" / "eval_log.csv", newline="") as f:
         assert [int(row["step"]) for row in csv.DictReader(f)] == [3, 6, 8]
+
+
+def test_a_run_records_the_code_it_started_with(tiny2, tmp_path, monkeypatch):
+    """A checkout that moves on during a long run must not relabel the run with code it did not
+    run: the commit is read when training starts."""
+    import utils.train as train_module
+    now = {"code": "a" * 40}
+    monkeypatch.setattr(train_module, "code_version", lambda: now["code"])
+    step = _TrainingRun.micro_step
+
+    def commit_meanwhile(self, *args, **kwargs):
+        now["code"] = "b" * 40
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(_TrainingRun, "micro_step", commit_meanwhile)
+    out = tmp_path / "out"
+    load_script("finetune").main(finetune_args(tiny2, out, "--num_train_epochs", 1))
+    assert json.loads((out / "eval_results.json").read_text())["code"] == "a" * 40

@@ -281,6 +281,9 @@ class _TrainingRun:
         self.generator = torch.Generator().manual_seed(args.train_seed)
         self.selector = _Selector(model, self.run_dir, prefix, args, task)
         self.pos = _Position()
+        # read at the start: a checkout that moves on during a long run (a pull, a commit) must
+        # not relabel it with code it did not run
+        self.code = code_version()
         self.running = torch.zeros((), device=device)  # summed on the device: no per-step sync
         state = load_resume_state(self.run_dir, prefix) if args.resume else None
         if state is not None:
@@ -460,7 +463,7 @@ class _TrainingRun:
             # the CPU and torch that computed it: which one ran a study's stages was unknown
             # once a machine's CPU changed between sessions
             results["machine"] = machine_key()
-        results["code"] = code_version()
+        results["code"] = self.code
         write_json(run_file(self.run_dir, RESULTS_FILE, self.prefix), results)
         run_file(self.run_dir, RESUME_FILE, self.prefix).unlink(missing_ok=True)
         return results
