@@ -457,8 +457,8 @@ class _TrainingRun:
                    "inference_samples_per_second": pos.predicted / max(pos.predict_seconds,
                                                                        1e-9)}
         if next(model.parameters()).device.type == "cpu":
-            # MKL and oneDNN round differently, so a run says which computed it (auto: timed
-            # per process, linear.py)
+            # MKL and oneDNN round differently, so a run says which computed it (auto: kept
+            # per machine, linear.py)
             results["cpu_linear"] = used_linear_paths()
             # the CPU and torch that computed it: which one ran a study's stages was unknown
             # once a machine's CPU changed between sessions

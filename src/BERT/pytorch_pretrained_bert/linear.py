@@ -39,6 +39,7 @@ and their names are nn.Linear's, so checkpoints do not change.
 import hashlib
 import json
 import os
+import platform
 import time
 from pathlib import Path
 
@@ -220,7 +221,6 @@ def machine_key():
                 info.setdefault(name.strip(), value.strip())
     except OSError:
         pass
-    import platform  # only here: the key is built once per process
     flags = hashlib.sha256(info.get("flags", "").encode()).hexdigest()[:12]
     cpu = (f"{info.get('model name') or platform.processor() or platform.machine()} "
            f"({info.get('vendor_id', '?')} family {info.get('cpu family', '?')} "
