@@ -52,6 +52,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .serialization import atomic_write
+
 PATHS = ("auto", "onednn", "mkl")
 ENV_VAR = "PEAKD_LINEAR"
 # None: read PEAKD_LINEAR (default auto); benchmarks and tests set one of PATHS here
@@ -254,9 +256,8 @@ def _kept_choice(path):
             return {**choice, "source": f"kept in {path}"}
         choice = measure(KEPT_PROBE_ROUNDS)
         kept[key] = {**choice, "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(kept, indent=1, sort_keys=True))
-        os.replace(tmp, path)  # atomic: a reader sees the old file or the new one
+        text = json.dumps(kept, indent=1, sort_keys=True)
+        atomic_write(path, lambda f: f.write(text.encode("utf-8")))  # readers: old or new file
         return {**choice, "source": f"measured, kept in {path}"}
 
 
