@@ -456,6 +456,56 @@ def test_a_damaged_cache_is_measured_again_and_rewritten(fresh_choice, damage):
     assert json.loads(path.read_text())[fast_linear.machine_key()]["train"] == "onednn"
 
 
+def test_a_choice_kept_by_another_probe_is_measured_again(fresh_choice):
+    """A machine's choice kept by the earlier one-shape probe (which missed the feed-forward
+    shapes) does not outlive that probe: the first process measures again and rewrites it."""
+    probes = count_probes(fresh_choice)
+    path = fast_linear.cache_path()
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({fast_linear.machine_key(): {
+        "train": "mkl", "infer": "mkl", "shape": [256, 768, 768]}}))
+    assert fast_linear.chosen_paths()["train"] == "onednn"
+    assert probes == [fast_linear.KEPT_PROBE_ROUNDS]
+    kept = json.loads(path.read_text())[fast_linear.machine_key()]
+    assert kept["shapes"] == [list(s) for s in fast_linear.PROBE_SHAPES]
+    new_process(fresh_choice)
+    assert fast_linear.chosen_paths()["source"] == f"kept in {path}" and len(probes) == 1
+
+
+def test_the_probe_times_one_layer_of_each_shape_weighted_by_its_count(monkeypatch):
+    """time_paths adds each shape's best seconds times its count: one BERT layer's Linear time
+    per op, so the feed-forward shapes weigh in the decision as they do in a step."""
+    seen = []
+
+    def fake_shape(m, k, n, rounds, generator):
+        seen.append((m, k, n, rounds))
+        return {path: {op: k * n * (2 if path == "onednn" else 1) for op in fast_linear.OPS}
+                for path in ("mkl", "onednn")}
+
+    monkeypatch.setattr(fast_linear, "_time_shape", fake_shape)
+    best = fast_linear.time_paths(shapes=((8, 3, 5, 4), (8, 5, 7, 1)), rounds=2)
+    assert seen == [(8, 3, 5, 2), (8, 5, 7, 2)]
+    assert best == {"mkl": dict.fromkeys(fast_linear.OPS, 4 * 15 + 35),
+                    "onednn": dict.fromkeys(fast_linear.OPS, 2 * (4 * 15 + 35))}
+    assert {k for _, k, n, _ in fast_linear.PROBE_SHAPES} == {768, 3072}
+
+
+@needs_onednn
+@pytest.mark.parametrize("n_out", [24, 40])
+def test_onednn_gradients_get_a_row_major_weight_operand(monkeypatch, n_out):
+    """oneDNN's kernel for a transposed second operand fell to 18-76 GFLOP/s at 3072 rows
+    (MKL 115-212; linear.py): both gradients copy that operand row-major first."""
+    calls = []
+    matmul = fast_linear._onednn_matmul
+    monkeypatch.setattr(fast_linear, "_onednn_matmul",
+                        lambda a, w, b: calls.append(w.is_contiguous()) or matmul(a, w, b))
+    x = torch.randn(6, 32, requires_grad=True)
+    w = torch.randn(n_out, 32, requires_grad=True)
+    fast_linear._OneDNNLinear.apply(x, w, None).sum().backward()
+    assert calls == [True, True, True]
+    assert (w.grad - torch.ones(6, n_out).t() @ x.detach()).abs().max() < 1e-4
+
+
 def test_without_a_cache_each_process_measures_its_own(fresh_choice, tmp_path):
     fresh_choice.setenv(fast_linear.CACHE_ENV, "off")
     probes = count_probes(fresh_choice)
@@ -507,7 +557,7 @@ def test_auto_sends_tiny_layers_through_f_linear(fresh_choice):
 def test_the_probe_measures_every_op_of_both_paths_without_touching_the_global_stream():
     threads = torch.get_num_threads()
     state = torch.get_rng_state()
-    best = fast_linear.time_paths(shape=(16, 32, 24), rounds=1)
+    best = fast_linear.time_paths(shapes=((16, 32, 24, 1), (16, 24, 32, 2)), rounds=1)
     assert torch.equal(torch.get_rng_state(), state) and torch.get_num_threads() == threads
     assert set(best) == {"mkl", "onednn"}
     assert all(set(t) == {"forward", "grad_input", "grad_weight"} for t in best.values())

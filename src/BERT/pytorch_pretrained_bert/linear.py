@@ -7,25 +7,28 @@ Which library is faster depends on the CPU, so the choice is made where the prog
 * on an AVX2-only AMD EPYC (family 25, model 1) it is the other way round: single-thread CPU
   time of BERT-wide Linear GEMMs (M = 256..4096 tokens, 768 <-> 3072) gave MKL 60-82 GFLOP/s
   forward and 52-82 for the gradients, oneDNN 55-69 forward, 31-57 input and 28-56 weight
-  gradient (bench/README.md).
+  gradient (bench/README.md);
+* on an Intel Xeon with AVX-512 and AMX (family 6, model 167) the two are close for 768 x 768
+  layers and MKL leads on the feed-forward gradients (1.1-1.4x per op), so MKL is kept there too.
 
 `PEAKD_LINEAR` (environment) or `LINEAR_PATH` (this module, for benchmarks and tests) picks:
 
-* `auto` (default): the first fp32 CPU Linear of a process takes the choice kept for this
-  machine (CPU model, torch version and ISA caps: `machine_key`) in a small cache file
-  (`PEAKD_LINEAR_CACHE`, default ~/.cache/peakd/cpu_linear.json). Where none is kept it times
-  both libraries on one BERT-wide layer (PROBE_SHAPE; forward, input and weight gradient; see
-  `time_paths`), keeps the faster for training (all three) and for inference (forward only),
+* `auto` (default): the first fp32 CPU Linear of a process takes the choice kept for this machine
+  (CPU model, torch version and ISA caps: `machine_key`) in a small cache file
+  (`PEAKD_LINEAR_CACHE`, default ~/.cache/peakd/cpu_linear.json). Where none is kept it times both
+  libraries on one BERT-base layer's Linears (PROBE_SHAPES; forward, input and weight gradient;
+  see `time_paths`), keeps the faster for training (all three) and for inference (forward only),
   and writes that choice for later processes. oneDNN must win by MARGIN, so where the two are
-  close F.linear stays. Why a machine-wide choice: where the two libraries are close (an AMD
-  EPYC, family 25 model 17, with AVX-512: oneDNN 1.09x MKL per op, under MARGIN), a probe in
-  every process chose oneDNN in 8 of the 92 runs of two studies and MKL in the rest; each
-  flip changed that run's float rounding, so the same command trained another teacher, whose
-  kept runs could then not be restored. `PEAKD_LINEAR_CACHE=off` measures in every process
-  again. An AVX-512 CPU cannot be simulated on an AVX2 one (caps only remove instructions), so
-  the choice is measured rather than decided by a rule about instruction sets. Layers smaller
-  than SMALL_WEIGHT (tiny test models) always take F.linear: there the Python autograd.Function
-  costs more than the GEMM (32 x 32 weights: oneDNN 5-54 GFLOP/s, MKL 21-65).
+  close F.linear stays. A choice kept from another probe (other PROBE_SHAPES) is measured again.
+  Why a machine-wide choice: where the two libraries are close (an AMD EPYC, family 25 model 17,
+  with AVX-512: oneDNN 1.09x MKL per op, under MARGIN), a probe in every process chose oneDNN in 8
+  of the 92 runs of two studies and MKL in the rest; each flip changed that run's float rounding,
+  so the same command trained another teacher, whose kept runs could then not be restored.
+  `PEAKD_LINEAR_CACHE=off` measures in every process again. An AVX-512 CPU cannot be simulated on
+  an AVX2 one (caps only remove instructions), so the choice is measured rather than decided by a
+  rule about instruction sets. Layers smaller than SMALL_WEIGHT (tiny test models) always take
+  F.linear: there the Python autograd.Function costs more than the GEMM (32 x 32 weights: oneDNN
+  5-54 GFLOP/s, MKL 21-65).
 * `onednn`: every fp32 CPU Linear through oneDNN; `mkl`: every Linear through F.linear (torch's
   BLAS, MKL on x86 builds).
 
@@ -58,8 +61,13 @@ PATHS = ("auto", "onednn", "mkl")
 ENV_VAR = "PEAKD_LINEAR"
 # None: read PEAKD_LINEAR (default auto); benchmarks and tests set one of PATHS here
 LINEAR_PATH = None
-# (tokens M, in K, out N) of the auto probe: a 768-wide layer on two 128-token sequences
-PROBE_SHAPE = (256, 768, 768)
+# The auto probe times one BERT-base layer's Linears on two 128-token sequences: (tokens M, in K,
+# out N, layers of that shape) for Query, Key, Value and the attention output, then the two
+# feed-forward layers. A probe of the 768 x 768 shape alone missed what the feed-forward shapes
+# do: on an Intel Xeon capped to AVX2 it found oneDNN 1.09x slower per op while a training step
+# with oneDNN forced ran at 0.48x transformers' speed (bench/README.md).
+PROBE_SHAPES = ((256, 768, 768, 4), (256, 768, 3072, 1), (256, 3072, 768, 1))
+OPS = ("forward", "grad_input", "grad_weight")  # the three matrix multiplies of a Linear
 # oneDNN is taken only when F.linear's time is at least this multiple of its: repeated probes
 # on the busy AVX2 machine scattered by up to 12% (forward 4.4-5.5 ms for MKL, 4.6-4.9 for
 # oneDNN), and where the two are that close F.linear (transformers' path) should stay
@@ -67,7 +75,8 @@ MARGIN = 1.15
 SMALL_WEIGHT = 128 * 128  # auto: weights with fewer elements always take F.linear
 CACHE_ENV = "PEAKD_LINEAR_CACHE"
 # rounds of the probe: a per-process one, and the one whose choice a machine then keeps (longer,
-# since a wrong choice would last for every later run there; about 3x the 0.17-0.30 s)
+# since a wrong choice would last for every later run there): 0.56 and 1.34 s of wall time on a
+# 2-core Intel Xeon, 0.83 and 2.06 s capped to AVX2
 PROBE_ROUNDS, KEPT_PROBE_ROUNDS = 4, 12
 # environment variables that cap the instruction sets either library uses
 ISA_CAPS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS",
@@ -79,21 +88,29 @@ def _onednn_matmul(x, weight, bias):
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
+# Both gradients hand oneDNN a row-major second operand (the op's weight slot, w in x @ w.T).
+# Given a transposed view there, torch 2.13's oneDNN falls to a slow kernel once that operand
+# has 3072 rows: one thread on an Intel Xeon with AVX-512 (family 6, model 167), 4096 x 3072 x
+# 768 input gradient 76 GFLOP/s strided against 165 contiguous (MKL 191), weight gradients 53-58
+# against 146-151 (MKL 206-212); capped to AVX2, 18-20 against 94-108 (MKL 115-120). BERT's
+# feed-forward layers hit this on every step, while the 768 x 768 weight gradient loses 4-10% to
+# the copy (bench/README.md, "CPU Linear path").
+
+
 def _onednn_grad_input(grad, weight):
-    """(..., N) @ (N, K) -> (..., K)."""
-    return _onednn_matmul(grad, weight.t(), None)
+    """(..., N) @ (N, K) -> (..., K); the (K, N) transposed weight is copied row-major."""
+    return _onednn_matmul(grad, weight.t().contiguous(), None)
 
 
 def _onednn_grad_weight(grad2d, x2d):
     """(M, N)^T @ (M, K) -> (N, K), a sum over the M tokens.
 
-    oneDNN copies its first operand into row-major order (the second it repacks anyway), so
-    the narrower of grad (M, N) and x (M, K) goes first; transposing the small (K, N) result
-    back is cheaper.
+    The narrower of grad (M, N) and x (M, K) is the one copied row-major into the weight slot
+    (the smaller copy); when that is grad, the (K, N) result is transposed back.
     """
-    if grad2d.shape[1] > x2d.shape[1]:
-        return _onednn_matmul(x2d.t(), grad2d.t(), None).t().contiguous()
-    return _onednn_matmul(grad2d.t(), x2d.t(), None)
+    if grad2d.shape[1] < x2d.shape[1]:
+        return _onednn_matmul(x2d.t(), grad2d.t().contiguous(), None).t().contiguous()
+    return _onednn_matmul(grad2d.t(), x2d.t().contiguous(), None)
 
 
 class _OneDNNLinear(torch.autograd.Function):
@@ -131,43 +148,51 @@ def _onednn_usable():
         return False
 
 
-def time_paths(shape=PROBE_SHAPE, rounds=PROBE_ROUNDS):
-    """{path: {op: best seconds}} for ops forward, grad_input, grad_weight of one Linear.
+def time_paths(shapes=PROBE_SHAPES, rounds=PROBE_ROUNDS):
+    """{path: {op: seconds}} for ops forward, grad_input, grad_weight of a set of Linears.
 
-    shape: (M tokens, K in, N out). Timed on one thread in this thread's CPU time: the per-core
-    speed of each library's kernels, which is what differs between CPUs, and a figure other
-    processes on the machine barely move (wall time on 2 busy cores flipped the choice in 2 of
-    3 tries on the AVX2 machine; with CPU time on one thread and 4 rounds, 15 probes all gave
-    MKL/oneDNN time ratios of 0.84-1.02 forward and 0.81-0.89 for all three ops).
-    Rounds alternate which library goes first; an extra first round only warms up (oneDNN
-    builds its primitives). A private generator: the global random stream (dropout) is not
-    touched.
+    shapes: (M tokens, K in, N out, count) each; an op's seconds are the sum over shapes of its
+    best time times count (one BERT layer's time in that op, by default). Timed on one thread in
+    this thread's CPU time: the per-core speed of each library's kernels, which is what differs
+    between CPUs, and a figure other processes on the machine barely move (wall time on 2 busy
+    cores flipped the choice in 2 of 3 tries on the AVX2 machine; with CPU time on one thread and 4
+    rounds, 15 probes of the 768 x 768 shape all gave MKL/oneDNN time ratios of 0.84-1.02 forward
+    and 0.81-0.89 for all three ops). Rounds alternate which library goes first; an extra first
+    round only warms up (oneDNN builds its primitives). A private generator: the global random
+    stream (dropout) is not touched.
     """
-    m, k, n = shape
     g = torch.Generator().manual_seed(0)
-    x, w, grad = (torch.randn(*s, generator=g) for s in ((m, k), (n, k), (m, n)))
-    b = torch.randn(n, generator=g)
-    ops = {
-        "mkl": {"forward": lambda: F.linear(x, w, b), "grad_input": lambda: grad.mm(w),
-                "grad_weight": lambda: grad.t().mm(x)},
-        "onednn": {"forward": lambda: _onednn_matmul(x, w, b),
-                   "grad_input": lambda: _onednn_grad_input(grad, w),
-                   "grad_weight": lambda: _onednn_grad_weight(grad, x)},
-    }
-    best = {path: dict.fromkeys(fns, float("inf")) for path, fns in ops.items()}
+    total = {path: dict.fromkeys(OPS, 0.0) for path in ("mkl", "onednn")}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         with torch.no_grad():
-            for r in range(rounds + 1):
-                for path in (("mkl", "onednn") if r % 2 else ("onednn", "mkl")):
-                    for op, fn in ops[path].items():
-                        start = time.thread_time()
-                        fn()
-                        if r:
-                            best[path][op] = min(best[path][op], time.thread_time() - start)
+            for m, k, n, count in shapes:
+                for path, times in _time_shape(m, k, n, rounds, g).items():
+                    for op, seconds in times.items():
+                        total[path][op] += count * seconds
     finally:
         torch.set_num_threads(threads)
+    return total
+
+
+def _time_shape(m, k, n, rounds, generator):
+    """{path: {op: best thread seconds}} of one (M, K) x (N, K)^T Linear, on this thread."""
+    x, w, grad = (torch.randn(*s, generator=generator) for s in ((m, k), (n, k), (m, n)))
+    b = torch.randn(n, generator=generator)
+    ops = {
+        "mkl": (lambda: F.linear(x, w, b), lambda: grad.mm(w), lambda: grad.t().mm(x)),
+        "onednn": (lambda: _onednn_matmul(x, w, b), lambda: _onednn_grad_input(grad, w),
+                   lambda: _onednn_grad_weight(grad, x)),
+    }
+    best = {path: dict.fromkeys(OPS, float("inf")) for path in ops}
+    for r in range(rounds + 1):
+        for path in (("mkl", "onednn") if r % 2 else ("onednn", "mkl")):
+            for op, fn in zip(OPS, ops[path]):
+                start = time.thread_time()
+                fn()
+                if r:
+                    best[path][op] = min(best[path][op], time.thread_time() - start)
     return best
 
 
@@ -180,8 +205,8 @@ def decide(best):
 
 
 _ONEDNN_OK = None
-# the auto choice of this process, read or measured once: {"train", "infer", "shape", "seconds",
-# "source"}
+# the auto choice of this process, read or measured once: {"train", "infer", "shapes",
+# "seconds", "source"}
 _AUTO = {}
 
 
@@ -195,9 +220,9 @@ def requested_path():
 
 
 def measure(rounds=PROBE_ROUNDS):
-    """{"train", "infer", "shape", "seconds"}: one probe and its decision."""
+    """{"train", "infer", "shapes", "seconds"}: one probe and its decision."""
     best = time_paths(rounds=rounds)
-    return {**decide(best), "shape": list(PROBE_SHAPE), "seconds": best}
+    return {**decide(best), "shapes": [list(s) for s in PROBE_SHAPES], "seconds": best}
 
 
 def cache_path():
@@ -251,8 +276,10 @@ def _kept_choice(path):
             fcntl.flock(lock, fcntl.LOCK_EX)
         kept = _read_kept(path)
         choice = kept.get(key)
+        # a choice of another probe (an earlier PROBE_SHAPES or none recorded) is measured again
         if (isinstance(choice, dict)
-                and all(choice.get(mode) in ("onednn", "mkl") for mode in ("train", "infer"))):
+                and all(choice.get(mode) in ("onednn", "mkl") for mode in ("train", "infer"))
+                and choice.get("shapes") == [list(s) for s in PROBE_SHAPES]):
             return {**choice, "source": f"kept in {path}"}
         choice = measure(KEPT_PROBE_ROUNDS)
         kept[key] = {**choice, "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -284,7 +311,7 @@ def _onednn_ok():
 
 
 def chosen_paths():
-    """What fp32 CPU Linears use now: {"requested", "train", "infer"[, "seconds", "shape"]}."""
+    """What fp32 CPU Linears use now: {"requested", "train", "infer"[, "seconds", "shapes"]}."""
     requested = requested_path()
     if requested == "mkl" or not _onednn_ok():
         return {"requested": requested, "train": "mkl", "infer": "mkl",
