@@ -53,6 +53,9 @@ def build_parser():
                    help="cpu: this process's CPU time (with --threads 1 only)")
     p.add_argument("--linear", default="auto", choices=fast_linear.PATHS,
                    help="ours' CPU Linear path (as PEAKD_LINEAR; auto: measured, linear.py)")
+    p.add_argument("--amp", choices=("fp32", "bf16"), default="fp32",
+                   help="bf16: both sides under torch.amp autocast, as the scripts' --bf16 "
+                        "(fp32 CPU Linears then take F.linear)")
     p.add_argument("--out", type=Path, help="also write the result as JSON here")
     return p
 
@@ -90,7 +93,8 @@ def main(argv=None):
     fast_linear.LINEAR_PATH = args.linear
     cpu = torch.device("cpu")
     config, _, ours_model, theirs_model = twin_models(args.config, args.quick, cpu)
-    ours, theirs = Ours(ours_model.train(), cpu, "fp32"), Theirs(theirs_model.train(), cpu, "fp32")
+    ours = Ours(ours_model.train(), cpu, args.amp)
+    theirs = Theirs(theirs_model.train(), cpu, args.amp)
     if args.workload == "mrpc":
         plan = plan_for(args.config, args, cpu)  # --batch sets both sizes, as in make bench
         batches = make_workloads(load_mrpc_dev(args.glue_dir), config, plan, cpu)[
@@ -107,14 +111,14 @@ def main(argv=None):
         ours_s.append(seconds[id(ours)])
         theirs_s.append(seconds[id(theirs)])
     result = paired_ratio(ours_s, theirs_s)
-    result.update(mode=args.mode, workload=args.workload, threads=args.threads, clock=args.clock,
-                  batch=args.batch, config=args.config, quick=args.quick,
+    result.update(mode=args.mode, workload=args.workload, amp=args.amp, threads=args.threads,
+                  clock=args.clock, batch=args.batch, config=args.config, quick=args.quick,
                   layers=config.num_hidden_layers, hidden=config.hidden_size,
                   linear=fast_linear.used_paths(), torch=torch.__version__,
                   ours_seconds=ours_s, theirs_seconds=theirs_s)
     paths = result["linear"]
-    print(f"{args.mode} {args.workload}, {args.config} ({config.num_hidden_layers} layers x "
-          f"{config.hidden_size}), batch {args.batch}, "
+    print(f"{args.mode} {args.workload} {args.amp}, {args.config} "
+          f"({config.num_hidden_layers} layers x {config.hidden_size}), batch {args.batch}, "
           f"{args.threads} thread(s), {args.clock} clock, our Linear {paths['train']} (train) / "
           f"{paths['infer']} (infer), {paths['requested']}: "
           f"ours/transformers samples/s {result['ratio']:.3f} "

@@ -762,14 +762,15 @@ def test_paired_ratio_gives_the_geometric_mean_and_a_t_interval():
         paired_ratio([1, 1], [1, 1])
 
 
-def test_paired_ratio_script_times_both_models_in_pairs(fresh_choice, tmp_path, capsys):
+@pytest.mark.parametrize("amp", ["fp32", "bf16"])
+def test_paired_ratio_script_times_both_models_in_pairs(fresh_choice, tmp_path, capsys, amp):
     pytest.importorskip("transformers")
     bench = _load_bench("paired_ratio")
     out = tmp_path / "ratio.json"
     result = bench.main(["--mode", "train", "--config", "sps3", "--quick", "--reps", "3",
                          "--batch", "2", "--threads", str(torch.get_num_threads()),
-                         "--out", str(out)])
-    assert (result["layers"], result["hidden"]) == (2, 128)
+                         "--amp", amp, "--out", str(out)])
+    assert (result["layers"], result["hidden"], result["amp"]) == (2, 128, amp)
     assert len(result["ours_seconds"]) == len(result["theirs_seconds"]) == 3
     assert result["min"] <= result["ratio"] <= result["max"]
     assert result["verdict"] in ("faster", "slower", "not decided")
