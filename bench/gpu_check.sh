@@ -10,7 +10,7 @@
 #
 # Results under $OUT (at most 8 files come back): gpu_check.log (everything printed),
 # env.txt, scripts.json (A), ablations.json (B), syncs.json (E), configs.json (C),
-# compile.json (D).
+# stage_start.json (F), compile.json (D).
 #   A  finetune.py on MRPC/MiniLM, 3 epochs, batch 32, fp32, bf16 and fp16, each in a fresh process
 #      (bench/throughput.py's scripts workload): train and dev-inference samples/s, dev accuracy,
 #      the share of each run that is neither training nor evaluation (start, tokenisation,
@@ -23,6 +23,8 @@
 #      times syncs every step (logging and evaluation sync by design).
 #   C  bench/throughput.py on CUDA (fp32, bf16, fp16; student3, sps3, base at 32 x 128 and on
 #      the MRPC mix): ours/transformers ratios, MFU against the measured bf16 peak (item 3).
+#   F  a short finetune.py stage (MiniLM, 3 layers, 20 steps) forked from the grid's stage server
+#      against one in a new interpreter, 2 pairs: start-up seconds each way (item 4).
 #   D  if time is left: the same with --compile reduce-overhead (torch.compile with CUDA graphs,
 #      one per batch shape), bf16, student3 only, against transformers eager (item 3: the 2x
 #      target, and what compiling costs to warm up).
@@ -142,7 +144,11 @@ part E_syncs 90 "$PY" -c "$SYNCS" "$OUT/syncs.json" src/finetune.py --task MRPC 
 part C_configs 240 "$PY" bench/throughput.py "${BENCH[@]}" --no_scripts --budget_min 3 $CONFIGS \
     --amp "$(IFS=,; echo "${AMPS[*]}")" --out "$OUT/configs.json"
 
-# D: the same with torch.compile and CUDA graphs, bf16, while time is left
+# F: a short stage's start-up, forked from the grid's stage server or in a new interpreter (item 4)
+part F_stage_start 90 "$PY" bench/stage_start.py --bert_model "$BERT" --glue_dir "$DATA" --pairs 2 "${STEPS[@]}" \
+    --out "$OUT/stage_start.json" -- "${DEV[@]}"
+
+# D: the same as C with torch.compile and CUDA graphs, bf16, while time is left
 part D_compile 300 "$PY" bench/throughput.py "${BENCH[@]}" --no_scripts --compile reduce-overhead --amp "$COMPILE_AMP" \
     --configs student3 --repeats 2 --budget_min 2 --out "$OUT/compile.json"
 

@@ -100,6 +100,48 @@ def test_an_interrupted_stage_resumes_and_a_fresh_one_starts(tmp_path):
     assert resume_flag(stage(tmp_path / "MRPC_patient_kd_teacher_6layer_result_summary.pkl")) == []
 
 
+PROBE_SCRIPT = """
+import os, sys
+import torch
+print("argv", sys.argv[1:], "env", os.environ.get("PEAKD_PROBE"), "threads",
+      torch.get_num_threads(), "first path", os.path.basename(sys.path[0]), flush=True)
+if sys.argv[1] == "fail":
+    raise ValueError("probe failed")
+if sys.argv[1] == "wait":
+    import time
+    time.sleep(60)
+sys.exit(int(sys.argv[1]))
+"""
+
+
+@pytest.mark.parametrize("forkserver", [True, False])
+def test_a_launched_stage_runs_as_python_script_would(tmp_path, forkserver):
+    """Forked from the stage server or in a new interpreter, a stage gets its argv, its own
+    environment and thread count, its script's folder first on sys.path and its exit status,
+    and appends its output to its log; terminate stops it."""
+    import os
+
+    from grid.run import launch
+
+    script = tmp_path / "scripts" / "probe.py"
+    script.parent.mkdir()
+    script.write_text(PROBE_SCRIPT)
+    log = tmp_path / "probe.log"
+    log.write_text("earlier attempt\n")
+    env = {**os.environ, "PEAKD_PROBE": "slot env", "OMP_NUM_THREADS": "1"}
+    assert launch(script, ["3", "x y"], env, log, forkserver).wait() == 3
+    lines = log.read_text().splitlines()
+    assert lines == ["earlier attempt", "argv ['3', 'x y'] env slot env threads 1 "
+                                        "first path scripts"]
+    assert "PEAKD_PROBE" not in os.environ  # the caller's environment is left alone
+    assert launch(script, ["fail"], env, log, forkserver).wait() == 1
+    assert log.read_text().splitlines()[-1] == "ValueError: probe failed"
+    waiting = launch(script, ["wait"], env, log, forkserver)
+    assert waiting.poll() is None
+    waiting.terminate()
+    assert waiting.wait() == -15 and waiting.returncode == -15
+
+
 def test_a_resumed_stage_records_no_wall_time(tmp_path, monkeypatch):
     """Its earlier attempts ran in processes the grid did not time: the record says None
     rather than the last attempt's seconds (which made 'not training' negative)."""
@@ -109,7 +151,7 @@ def test_a_resumed_stage_records_no_wall_time(tmp_path, monkeypatch):
     import grid.run as run
     from grid.plan import Stage
 
-    def fake_start(stage, env, logs):
+    def fake_start(stage, env, logs, forkserver):
         log = logs / f"{stage.label}.log"
         proc = subprocess.Popen([sys.executable, "-c",
                                  f"open({str(stage.done)!r}, 'w').write('{{}}')"])

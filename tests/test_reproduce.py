@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from helpers import make_glue, make_tiny_bert, tree_digest
 from BERT.pytorch_pretrained_bert.linear import machine_key
@@ -146,6 +147,22 @@ def test_jobs_2_gives_the_same_results_as_jobs_1(cola_grid, capsys):
                if not c.endswith(("seconds", "per_second")) and c != "seed"]
     pd.testing.assert_frame_equal(frame[results], frame2[results])
     assert capsys.readouterr().out.count("[done ") == 5
+
+
+def test_stages_in_new_interpreters_give_the_same_results_as_forked_ones(cola_grid, capsys):
+    reproduce, argv, root, frame = cola_grid
+    work = root / "work-fresh"
+    argv2 = [str(work) if a == str(root / "work") else a for a in argv] + ["--no_forkserver"]
+    fresh = reproduce.main(argv2 + ["--no_plot"])
+    results = [c for c in frame.columns
+               if not c.endswith(("seconds", "per_second")) and c != "seed"]
+    pd.testing.assert_frame_equal(frame[results], fresh[results])
+    assert capsys.readouterr().out.count("[done ") == 5
+    for name in ("teacher/BERT.encoder_acc.pkl", "ptp_SPS_seed1/PTP.encoder_loss.pkl",
+                 "ptp_sps_pkd_seed1/BERT.encoder_acc.pkl"):
+        forked, new = (torch.load(w / name, weights_only=True) for w in (root / "work", work))
+        assert forked.keys() == new.keys() and len(forked) > 10
+        assert all(torch.equal(forked[k], new[k]) for k in forked), name
 
 
 def test_teacher_from_links_another_grids_teacher(cola_grid, tmp_path, capsys):
@@ -450,3 +467,28 @@ def test_ctrl_c_stops_the_grid_with_a_line_and_exit_130(cola_grid, monkeypatch, 
         reproduce.main(argv + ["--no_plot"])
     assert err.value.code == 130
     assert "the same command resumes them" in capsys.readouterr().err
+
+
+def test_stage_start_times_both_launchers_in_pairs(tmp_path, capsys):
+    """bench/stage_start.py on a tiny MRPC stage: every pair has a forked and a new-interpreter
+    run with consistent timings, and its json holds the paired differences."""
+    spec = importlib.util.spec_from_file_location("stage_start", ROOT / "bench" / "stage_start.py")
+    stage_start = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage_start)
+    glue = make_glue(tmp_path / "glue", tasks=("MRPC",))
+    bert = make_tiny_bert(tmp_path / "bert", glue)
+    out = tmp_path / "stage_start.json"
+    argv = ["--bert_model", str(bert), "--glue_dir", str(glue), "--student_hidden_layers", "2",
+            "--max_steps", "1", "--out", str(out), "--", "--no_cuda", "--max_seq_length", "24"]
+    with pytest.raises(SystemExit, match="--pairs 1"):
+        stage_start.main(argv[:-4] + ["--pairs", "1"])
+    stage_start.main(["--pairs", "2"] + argv)
+    saved = json.loads(out.read_text())
+    for name in ("forked", "new interpreter"):
+        assert len(saved["runs"][name]) == 2
+        for run in saved["runs"][name]:
+            assert run["train"] > 0 and run["eval"] > 0
+            assert run["start_up"] == pytest.approx(run["wall"] - run["train"] - run["eval"])
+    assert {k: v["pairs"] for k, v in saved["new_minus_forked"].items()} == {
+        "wall": 2, "train": 2, "start_up": 2}
+    assert "wall, new interpreter - forked" in capsys.readouterr().out

@@ -154,16 +154,24 @@ def test_resumed_run_ends_exactly_like_an_uninterrupted_one(tiny2, tmp_path, mon
     assert not (tmp_path / "broken" / "resume_state.pkl").exists()
 
 
-def test_resume_state_loads_with_weights_only(tiny2, tmp_path, monkeypatch):
+def test_resume_state_loads_with_weights_only_and_none_follows_the_last_step(tiny2, tmp_path,
+                                                                             monkeypatch):
+    """Stopped just before its results are written, a 3-step run holds the state saved at step
+    2 (--save_steps); the evaluation after its last step wrote none (results() deletes it)."""
     def stop(self):
         raise Interrupted
 
     monkeypatch.setattr(_TrainingRun, "results", stop)
-    with pytest.raises(Interrupted):
-        load_script("finetune").main(finetune_args(tiny2, tmp_path / "run", "--max_steps", 2))
+    for name, steps in (("run", 3), ("two", 2)):
+        with pytest.raises(Interrupted):
+            load_script("finetune").main(finetune_args(tiny2, tmp_path / name, "--max_steps",
+                                                       steps, "--save_steps", 2))
+        # header and the one evaluation, after the last step
+        assert len((tmp_path / name / "eval_log.csv").read_text().splitlines()) == 2
     state = torch.load(tmp_path / "run" / "resume_state.pkl", weights_only=True)
     assert state["position"]["step"] == 2 and state["optimizer"]["param_groups"][0]["step"] == 2
     assert len(state["ranks"]) == 1 and state["ranks"][0]["rng"]["cpu"].dtype == torch.uint8
+    assert not (tmp_path / "two" / "resume_state.pkl").exists()
 
 
 def run_expecting_error(argv, capsys):
@@ -191,7 +199,7 @@ def test_resume_refuses_changed_training_flags(tiny2, tmp_path, monkeypatch, cap
         raise Interrupted
 
     monkeypatch.setattr(_TrainingRun, "results", stop)
-    argv = finetune_args(tiny2, tmp_path / "run", "--max_steps", 2)
+    argv = finetune_args(tiny2, tmp_path / "run", "--max_steps", 3, "--save_steps", 2)
     with pytest.raises(Interrupted):
         load_script("finetune").main(argv)
     monkeypatch.undo()

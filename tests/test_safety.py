@@ -88,6 +88,50 @@ def test_atomic_write_removes_temporaries_of_dead_processes_only(tmp_path):
         f".x.pkl.tmp{os.getppid()}", f".y.pkl.tmp{dead}", "x.pkl"]
 
 
+def test_a_model_best_by_both_criteria_is_written_once_and_linked(tmp_path, monkeypatch):
+    """The loss checkpoint of an evaluation best by both is a hard link to the acc one (one
+    write); the next acc-only save replaces the acc files and leaves the loss ones intact;
+    where hard links fail, the files are written."""
+    from BERT.pytorch_pretrained_bert import BertConfig, BertForSequenceClassification
+    from utils.checkpoints import checkpoint_path, save_model_checkpoint
+
+    torch.manual_seed(0)
+    config = BertConfig(50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=16, max_position_embeddings=16)
+    model = BertForSequenceClassification(config, num_labels=2)
+    writes = []
+    real_save = torch.save
+    monkeypatch.setattr(torch, "save", lambda obj, f: writes.append(1) or real_save(obj, f))
+
+    def path(part, criterion):
+        return checkpoint_path(tmp_path, "BERT", part, criterion)
+
+    save_model_checkpoint(model, tmp_path, "BERT", "acc")
+    save_model_checkpoint(model, tmp_path, "BERT", "loss", same_as="acc")
+    assert len(writes) == 2  # encoder and classifier, once
+    assert all(path(p, "loss").samefile(path(p, "acc")) for p in ("encoder", "cls"))
+    first = torch.load(path("encoder", "loss"), weights_only=True)
+    with torch.no_grad():
+        model.bert.pooler.dense.weight.add_(1.0)
+    save_model_checkpoint(model, tmp_path, "BERT", "acc")
+    assert not path("encoder", "loss").samefile(path("encoder", "acc"))
+    kept = torch.load(path("encoder", "loss"), weights_only=True)
+    assert all(torch.equal(kept[k], first[k]) for k in first)
+    assert not torch.equal(torch.load(path("encoder", "acc"), weights_only=True)
+                           ["pooler.dense.weight"], first["pooler.dense.weight"])
+
+    def no_links(*args):
+        raise OSError("no hard links here")
+
+    monkeypatch.setattr(os, "link", no_links)
+    writes.clear()
+    save_model_checkpoint(model, tmp_path, "BERT", "loss", same_as="acc")
+    assert len(writes) == 2 and not path("encoder", "loss").samefile(path("encoder", "acc"))
+    assert torch.equal(torch.load(path("encoder", "loss"), weights_only=True)
+                       ["pooler.dense.weight"], model.bert.pooler.dense.weight)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
 def test_a_teacher_file_save_that_fails_midway_keeps_the_previous_file(tiny, mrpc_teacher,
                                                                         tmp_path, monkeypatch):
     previous = tmp_path / mrpc_teacher.file.name

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from BERT.pytorch_pretrained_bert import atomic_write
+from BERT.pytorch_pretrained_bert import atomic_link, atomic_write
 
 from .errors import PeakdError
 
@@ -62,9 +62,15 @@ def checkpoint_path(run_dir, prefix, part, criterion):
     return Path(run_dir) / f"{prefix}.{part}_{criterion}.pkl"
 
 
-def save_model_checkpoint(model, run_dir, prefix, criterion):
-    """Writes the encoder (BertModel keys, no `bert.` prefix) and the classifier separately."""
-    atomic_torch_save(model.bert.state_dict(),
-                      checkpoint_path(run_dir, prefix, "encoder", criterion))
-    atomic_torch_save(model.classifier.state_dict(),
-                      checkpoint_path(run_dir, prefix, "cls", criterion))
+def save_model_checkpoint(model, run_dir, prefix, criterion, same_as=None):
+    """Writes the encoder (BertModel keys, no `bert.` prefix) and the classifier separately.
+
+    same_as: the criterion whose checkpoint was just written from this same model state (an
+    evaluation that is the best by both); its files are hard-linked under this criterion's
+    names instead of written again (a BERT-base encoder is 440 MB), or written where the file
+    system has no hard links."""
+    for part, module in (("encoder", model.bert), ("cls", model.classifier)):
+        path = checkpoint_path(run_dir, prefix, part, criterion)
+        if same_as is None or not atomic_link(checkpoint_path(run_dir, prefix, part, same_as),
+                                              path):
+            atomic_torch_save(module.state_dict(), path)

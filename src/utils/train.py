@@ -8,9 +8,9 @@ returns predictions in file order. Dev is evaluated after every epoch (and every
 `--saving_criterion_loss`. The running loss is checked for NaN/inf at each logging step and before
 every save, so a diverged run stops with an error and never overwrites a checkpoint.
 
-Each evaluation (and every `--save_steps`) also writes `resume_state.pkl`: weights, optimizer,
-grad scaler, loop position, best-so-far records and random states, from which `--resume` goes on
-exactly as if the run had not stopped. Under `torchrun` the model trains in DistributedDataParallel
+Each evaluation (and every `--save_steps`) before the last optimizer step also writes
+`resume_state.pkl`: weights, optimizer, grad scaler, loop position, best-so-far records and random
+states, from which `--resume` goes on exactly as if the run had not stopped. Under `torchrun` the model trains in DistributedDataParallel
 on shares of the same global batches (utils/parallel.py); rank 0 evaluates and writes.
 """
 import contextlib
@@ -194,12 +194,13 @@ class _Selector:
     def update(self, record):
         value, loss = record[self.task.main_metric], record["loss"]
         best_acc, best_loss = self.best["acc"], self.best["loss"]
+        saved = None
         if (best_acc is None or value > best_acc[self.task.main_metric]) and \
                 value > self.criterion_acc:
             save_model_checkpoint(self.model, self.run_dir, self.prefix, "acc")
-            self.best["acc"] = record
+            self.best["acc"], saved = record, "acc"
         if (best_loss is None or loss < best_loss["loss"]) and loss < self.criterion_loss:
-            save_model_checkpoint(self.model, self.run_dir, self.prefix, "loss")
+            save_model_checkpoint(self.model, self.run_dir, self.prefix, "loss", same_as=saved)
             self.best["loss"] = record
 
 
@@ -320,7 +321,13 @@ class _TrainingRun:
         self.running = mine["running"].to(self.device)
 
     def save_state(self):
-        """Writes resume_state.pkl: everything the loop needs to go on exactly from here."""
+        """Writes resume_state.pkl: everything the loop needs to go on exactly from here.
+
+        Not once the last optimizer step is done: the run then only ends and `results` deletes
+        the file, so writing it (the model and Adam's two moments, 3x the weights, fsync'd)
+        was pure cost. A run killed after that step resumes from the state saved before it."""
+        if self.pos.step >= self.t_total:
+            return
         start = time.perf_counter()
         self.pos.elapsed = start - self.started
         ranks = parallel.all_gather({"rng": rng_state(self.device),
@@ -475,8 +482,8 @@ def train(model, train_features, dev_features, task, args, objective, run_dir, p
 
     dev_features: {split name: Features}; the first split drives checkpoint selection.
     Writes train_log.csv, eval_log.csv, eval_results.json (names per `runs.run_file`) and the
-    checkpoints into run_dir, and resume_state.pkl at every evaluation and `--save_steps`;
-    `--resume` continues from the latter. Under torchrun every process calls this; rank 0
+    checkpoints into run_dir, and resume_state.pkl at every evaluation and `--save_steps`
+    before the last step; `--resume` continues from the latter. Under torchrun every process calls this; rank 0
     writes and returns the results, the other ranks return None.
     """
     device = pick_device(args)

@@ -3,11 +3,12 @@ from .modeling import (BertConfig, BertForSequenceClassification, BertModel, Cla
                        EncoderOutput, count_parameters, load_config, load_pretrained_weights,
                        normalize_state_dict, plain_schedule)
 from .optimization import SCHEDULES, BertAdam
-from .serialization import atomic_write, load_safetensors, load_state_dict_file, save_safetensors
+from .serialization import (atomic_link, atomic_write, load_safetensors, load_state_dict_file,
+                            save_safetensors)
 from .tokenization import BasicTokenizer, BertTokenizer, WordpieceTokenizer
 
 __all__ = ["BertConfig", "BertModel", "BertForSequenceClassification", "ClassifierOutput",
            "EncoderOutput", "count_parameters", "load_config", "load_pretrained_weights",
-           "normalize_state_dict", "plain_schedule", "BertAdam", "SCHEDULES", "atomic_write",
-           "load_safetensors", "load_state_dict_file", "save_safetensors", "BertTokenizer",
-           "BasicTokenizer", "WordpieceTokenizer"]
+           "normalize_state_dict", "plain_schedule", "BertAdam", "SCHEDULES", "atomic_link",
+           "atomic_write", "load_safetensors", "load_state_dict_file", "save_safetensors",
+           "BertTokenizer", "BasicTokenizer", "WordpieceTokenizer"]

@@ -44,6 +44,20 @@ def atomic_write(path, write):
             stale.unlink(missing_ok=True)
 
 
+def atomic_link(source, path):
+    """Makes `path` a hard link to the finished file `source` (no second write), replacing
+    `path` atomically. False, with nothing changed, where the file system has no hard links.
+    A later atomic_write of either name gives it a new file and leaves the other intact."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        os.link(source, tmp)
+    except OSError:
+        return False
+    os.replace(tmp, path)
+    return True
+
+
 def load_safetensors(path):
     """{name: tensor} from a .safetensors file, read by the `safetensors` package.
 
