@@ -7,8 +7,8 @@ paired interval of the wall-clock difference.
 
 Each pair runs the same short finetune.py stage (MRPC, `--max_steps`, a fresh output folder, the
 grid's features cache) both ways, back to back in alternating order, through the grid's own
-`launch` (grid/run.py). Per launcher it gives the medians of wall, train and eval seconds and of
-start-up (wall - train - eval: interpreter and imports, data, model, results); then new
+`launch` (utils/launch.py). Per launcher it gives the medians of wall, train and eval seconds
+and of start-up (wall - train - eval: interpreter and imports, data, model, results); then new
 interpreter - forked over the pairs. The stage server starts once, before the first pair, as in
 a grid. Any further arguments after `--` go to finetune.py (e.g. `-- --no_cuda`).
 """
@@ -26,7 +26,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCH.parent / "src"), str(BENCH)]
 
 from grid.plan import SRC  # noqa: E402
-from grid.run import launch  # noqa: E402
+from utils.launch import launch  # noqa: E402
 from grid.stats import paired  # noqa: E402
 from utils.checkpoints import write_json  # noqa: E402
 from utils.features import FEATURE_CACHE_ENV  # noqa: E402

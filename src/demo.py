@@ -4,7 +4,8 @@
 
 Builds the embedded default (utils/demo_data.py: a synthetic two-clause task whose label needs
 a composition, and a small random-weight BERT), then runs the pipeline (README, "The pipeline")
-as separate processes with the real scripts and flags: a 4-layer teacher, its outputs, PTP, and
+as separate processes with the real scripts and flags (each forked from one process that
+imported torch once, utils/launch.py): a 4-layer teacher, its outputs, PTP, and
 2-layer students trained with ft, KD, PKD, SPS + PKD, and PTP + SPS + PKD (the full PeaKD
 student). It prints one row per model with the measured dev accuracy and its difference to the
 row above. A step whose outputs exist is skipped unless --force or something it depends on was
@@ -13,7 +14,6 @@ rebuilt. The model was never pretrained: the numbers say nothing about BERT, GLU
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,6 +23,7 @@ from pathlib import Path
 from utils.args import HelpFormatter
 from utils.demo_data import (NOT_PRETRAINED, SPLIT_FILES, TASK_DIR_NAME, TASK_NAME, TASK_RULE,
                              make_demo_bert, make_demo_task, read_info)
+from utils.launch import launch
 from utils.runs import RESULTS_FILE, run_file
 from utils.teacher_outputs import default_path
 
@@ -190,13 +191,18 @@ def main(argv=None):
             continue
         print(f"\n== {stage.name}: {' '.join(stage.command()[1:])}", flush=True)
         stage_start = time.perf_counter()
+        process = launch(SRC_DIR / stage.script, stage.args, env)
         try:
-            subprocess.run(stage.command(), check=True, env=env)
-        except subprocess.CalledProcessError as e:
+            code = process.wait()
+        except BaseException:  # Ctrl-C reaches the step too; a crash here must not orphan it
+            process.terminate()
+            process.wait()
+            raise
+        if code:
             # the step has printed its own error; finished steps are kept for the next run
-            print(f"\ndemo: step '{stage.name}' failed (exit {e.returncode}); fix it and rerun, "
+            print(f"\ndemo: step '{stage.name}' failed (exit {code}); fix it and rerun, "
                   "the finished steps are skipped", file=sys.stderr)
-            raise SystemExit(e.returncode or 1) from None
+            raise SystemExit(code if code > 0 else 1)
         print(f"== {stage.name}: {time.perf_counter() - stage_start:.1f} s", flush=True)
         changed.add(stage.name)
 

@@ -275,3 +275,24 @@ def test_a_plain_make_runs_the_demo():
     out = subprocess.run(["make", "-n", "--no-print-directory", "-C", str(demo.SRC_DIR.parent)],
                          capture_output=True, text=True, check=True).stdout
     assert "src/demo.py" in out.strip().splitlines()[-1]
+
+
+def test_a_failed_step_stops_the_demo_with_its_exit_status(tmp_path, monkeypatch, capsys):
+    """Each step runs as its own (forked) process: a step that fails ends the demo with that
+    step's exit status and a line naming it, and the next step does not run."""
+    plan = demo.plan
+
+    def failing_first(work, *args):
+        stages = plan(work, *args)
+        bad = demo.Stage("teacher", "finetune.py", ["--task", "NOPE", "--output_dir",
+                                                     str(work / "bad")], work / "never", ())
+        return [bad] + stages[1:]
+
+    monkeypatch.setattr(demo, "plan", failing_first)
+    monkeypatch.setattr(demo, "make_demo_bert", lambda *a, **k: None)
+    with pytest.raises(SystemExit) as e:
+        demo.main(["--work_dir", str(tmp_path)])
+    assert e.value.code == 1  # finetune.py refuses the task name
+    err = capsys.readouterr().err
+    assert "demo: step 'teacher' failed (exit 1)" in err
+    assert not (tmp_path / "teacher_outputs").exists() and not (tmp_path / "bad").exists()

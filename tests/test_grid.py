@@ -121,7 +121,7 @@ def test_a_launched_stage_runs_as_python_script_would(tmp_path, forkserver):
     and appends its output to its log; terminate stops it."""
     import os
 
-    from grid.run import launch
+    from utils.launch import launch
 
     script = tmp_path / "scripts" / "probe.py"
     script.parent.mkdir()

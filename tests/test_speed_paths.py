@@ -149,6 +149,22 @@ def test_packed_training_with_dropout_is_the_padded_run(model_type, dtype, tol):
                                           batch["attention_mask"]).logits.detach()).abs().max() > 1e-4
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packed_dropout_is_the_padded_dropout_bit_for_bit(dtype):
+    """Packing.dropout on the real tokens gives exactly F.dropout's values there: the same
+    random draw over the padded shape and the same scaling."""
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 1, 0, 0]])
+    p = modeling.Packing.from_mask(mask)
+    x = torch.randn(3, 7, 16, dtype=dtype)
+    module = torch.nn.Dropout(0.1).train()
+    torch.manual_seed(5)
+    padded = F.dropout(x, 0.1, True)
+    torch.manual_seed(5)
+    packed = p.dropout(p.pack(x), module)
+    assert packed.dtype == dtype and torch.equal(packed, p.pack(padded))
+    assert 0 < (packed == 0).sum() < packed.numel()  # some dropped, some kept
+
+
 def test_packing_takes_batches_with_enough_padding_and_keeps_the_output_shapes():
     full = torch.ones(2, 6, dtype=torch.long)
     some = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0]])  # 1/12 padding

@@ -1,4 +1,4 @@
-"""Runs the planned stages as subprocesses, up to `jobs` at once, each after the stages it
+"""Runs the planned stages as processes, up to `jobs` at once, each after the stages it
 needs (teacher -> teacher_outputs -> PTP runs -> their students; the other students need only
 the teacher outputs).
 
@@ -7,16 +7,13 @@ reads at start), so together they fill the machine without oversubscribing it. G
 processes share one GPU; with several GPUs each process slot gets its own
 (CUDA_VISIBLE_DEVICES), so N slots spread over the GPUs.
 
-Start-up: each stage is a fresh process, by default forked from one server process that has
-imported torch and torch._dynamo once (multiprocessing's forkserver); see `launch`.
+Start-up: each stage is a process of its own, by default forked from one server process that
+has imported torch once (utils/launch.py).
 """
-import multiprocessing
 import os
-import runpy
-import subprocess
-import sys
 import time
 
+from utils.launch import launch
 from utils.runs import RESULTS_FILE, RESUME_FILE
 
 from .plan import SRC, GridError, write_record
@@ -65,81 +62,6 @@ def resume_flag(stage):
     return ["--resume"] if state.is_file() else []
 
 
-# What the stage server imports once for all stages: a stage forked from it skips torch's
-# import (0.8 s on the CPU build) and dynamo's, which torch.optim's first call imports (0.8 s
-# more); both measured with `python -X importtime src/finetune.py` on the Intel Xeon (bench/README).
-PRELOAD = ("torch", "torch._dynamo")
-
-
-def forkserver_available():
-    return "forkserver" in multiprocessing.get_all_start_methods()
-
-
-def _run_script(script, argv, env, log):
-    """A forked stage: what `python script *argv` does in a new process with `env`, its
-    output appended to `log`. Exits with the script's status (an uncaught error: 1)."""
-    os.environ.clear()
-    os.environ.update(env)
-    threads = env.get("OMP_NUM_THREADS")
-    if threads:
-        # the server read the thread count when it imported torch: set the slot's own
-        import torch
-        torch.set_num_threads(int(threads))
-    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
-    sys.argv = [script, *argv]
-    sys.path.insert(0, os.path.dirname(script))  # as `python script` puts its folder first
-    try:
-        runpy.run_path(script, run_name="__main__")
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-
-
-class _Forked:
-    """A stage forked from the server, with the part of subprocess.Popen that run_stages uses."""
-
-    def __init__(self, process):
-        self.process = process
-
-    @property
-    def returncode(self):
-        return self.process.exitcode
-
-    def poll(self):
-        return self.process.exitcode
-
-    def terminate(self):
-        self.process.terminate()
-
-    def wait(self):
-        self.process.join()
-        return self.process.exitcode
-
-
-def launch(script, argv, env, log, forkserver=True):
-    """Starts `python script *argv` with environment `env` and stdout and stderr appended to
-    `log`; returns a Popen-like handle (poll, returncode, terminate, wait).
-
-    forkserver: fork it from the stage server (started at the first call, with PRELOAD
-    imported) instead of starting a new interpreter. Each stage is still its own process
-    that starts from the server's state, so its results are the same either way (a test
-    compares them). Without a forkserver (not on POSIX) it always starts a new interpreter.
-    """
-    if forkserver and forkserver_available():
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(list(PRELOAD))
-        process = context.Process(target=_run_script, args=(str(script), list(argv), env,
-                                                            str(log)))
-        process.start()
-        return _Forked(process)
-    with open(log, "a") as f:
-        return subprocess.Popen([sys.executable, str(script), *argv], stdout=f,
-                                stderr=subprocess.STDOUT, env=env)
-
-
 def start(stage, env, logs, forkserver=True):
     log = logs / f"{stage.label}.log"
     # the record is replaced only when the stage finishes: an interrupted stage keeps none
@@ -155,7 +77,7 @@ def run_stages(stages, work, logs, jobs=1, env_extra=None, on_done=None, forkser
     `jobs` allow; prints [run i/n] / [done i/n] / [skip i/n]. A failed stage stops new
     starts; the running ones finish, then GridError names the failed stage's log.
     on_done(stage) is called in the parent for each stage finished here; forkserver: see
-    `launch`."""
+    utils.launch.launch."""
     env_extra = env_extra or {}
     total = len(stages)
     position = {s.label: i for i, s in enumerate(stages, 1)}
