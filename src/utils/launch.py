@@ -28,9 +28,10 @@ def _run_script(script, argv, env, log):
     error: 1)."""
     os.environ.clear()
     os.environ.update(env)
-    threads = env.get("OMP_NUM_THREADS")
-    if threads:
+    threads = env.get("OMP_NUM_THREADS", "")
+    if threads.isdigit() and int(threads) > 0:
         # the server read the thread count when it imported torch: set this process's own
+        # (a value torch would not take is left to torch, as in a new interpreter)
         import torch
         torch.set_num_threads(int(threads))
     if log is not None:
