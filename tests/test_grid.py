@@ -142,6 +142,32 @@ def test_a_launched_stage_runs_as_python_script_would(tmp_path, forkserver):
     assert waiting.wait() == -15 and waiting.returncode == -15
 
 
+def test_launch_starts_new_interpreters_when_a_forked_process_cannot_use_the_gpu(
+        tmp_path, monkeypatch, capsys):
+    """A GPU that a forked probe cannot use (here a device name torch refuses) makes every
+    later launch a new interpreter, after one warning; a usable one (the CPU) keeps forking."""
+    import os
+    import subprocess
+
+    from utils import launch
+
+    script = tmp_path / "probe.py"
+    script.write_text(PROBE_SCRIPT)
+    env = dict(os.environ)
+    monkeypatch.setattr(launch, "_FORK_OK", None)
+    monkeypatch.setattr(launch, "_probe_device", lambda: "cpu")
+    assert isinstance(launch.launch(script, ["0"], env, tmp_path / "a.log"), launch._Forked)
+    monkeypatch.setattr(launch, "_FORK_OK", None)
+    monkeypatch.setattr(launch, "_probe_device", lambda: "no_such_device")
+    first = launch.launch(script, ["0"], env, tmp_path / "b.log")
+    second = launch.launch(script, ["4"], env, tmp_path / "c.log")
+    assert isinstance(first, subprocess.Popen) and isinstance(second, subprocess.Popen)
+    assert first.wait() == 0 and second.wait() == 4
+    err = capsys.readouterr().err
+    assert err.count("warning: a process forked from the stage server could not use "
+                     "no_such_device") == 1
+
+
 def test_a_resumed_stage_records_no_wall_time(tmp_path, monkeypatch):
     """Its earlier attempts ran in processes the grid did not time: the record says None
     rather than the last attempt's seconds (which made 'not training' negative)."""

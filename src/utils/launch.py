@@ -16,10 +16,50 @@ import sys
 
 # what the server imports once for every process forked from it
 PRELOAD = ("torch", "torch._dynamo")
+# whether a process forked from the server can use the GPU (None: not checked yet); see
+# `_forking_works`
+_FORK_OK = None
 
 
 def forkserver_available():
     return "forkserver" in multiprocessing.get_all_start_methods()
+
+
+def _probe_device():
+    """The GPU a forked process must be able to use: "cuda" where torch sees one, else None
+    (this process may touch CUDA: the server is a new interpreter, not a fork of it)."""
+    import torch
+    return "cuda" if torch.cuda.is_available() else None
+
+
+def _device_probe(device):
+    """Run in a forked process: fails (exit 1) when no tensor can be made on `device`."""
+    import torch
+    torch.zeros(1, device=device)
+
+
+def _forking_works(context):
+    """Whether processes forked from the server can use the GPU (`_probe_device`; no GPU:
+    always), checked once per process.
+
+    A process forked after CUDA was initialised cannot use CUDA; the server only imports
+    PRELOAD, which does not initialise it, but were a torch build to do so the first stage
+    would fail: one forked probe checks it, and otherwise each process starts in a new
+    interpreter, with a warning."""
+    global _FORK_OK
+    if _FORK_OK is None:
+        _FORK_OK = True
+        device = _probe_device()
+        if device is not None:
+            probe = context.Process(target=_device_probe, args=(device,))
+            probe.start()
+            probe.join()
+            _FORK_OK = probe.exitcode == 0
+            if not _FORK_OK:
+                print(f"warning: a process forked from the stage server could not use {device}; "
+                      "each step starts in a new interpreter instead (utils/launch.py)",
+                      file=sys.stderr, flush=True)
+    return _FORK_OK
 
 
 def _run_script(script, argv, env, log):
@@ -76,15 +116,17 @@ def launch(script, argv, env, log=None, forkserver=True):
     forkserver: fork it from the server (started at the first call, with PRELOAD imported)
     instead of starting a new interpreter. Each process still starts from the server's state,
     not from the caller's, so its results are the same either way (tests compare them). Where
-    there is no forkserver (not on POSIX) it always starts a new interpreter.
+    there is no forkserver (not on POSIX), or a forked process could not use the GPU, it starts
+    a new interpreter.
     """
     if forkserver and forkserver_available():
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(list(PRELOAD))
-        process = context.Process(target=_run_script, args=(
-            str(script), list(argv), env, None if log is None else str(log)))
-        process.start()
-        return _Forked(process)
+        if _forking_works(context):
+            process = context.Process(target=_run_script, args=(
+                str(script), list(argv), env, None if log is None else str(log)))
+            process.start()
+            return _Forked(process)
     command = [sys.executable, str(script), *argv]
     if log is None:
         return subprocess.Popen(command, env=env)
