@@ -10,8 +10,9 @@ every save, so a diverged run stops with an error and never overwrites a checkpo
 
 Each evaluation (and every `--save_steps`) before the last optimizer step also writes
 `resume_state.pkl`: weights, optimizer, grad scaler, loop position, best-so-far records and random
-states, from which `--resume` goes on exactly as if the run had not stopped. Under `torchrun` the model trains in DistributedDataParallel
-on shares of the same global batches (utils/parallel.py); rank 0 evaluates and writes.
+states, from which `--resume` goes on exactly as if the run had not stopped. Under `torchrun` the
+model trains in DistributedDataParallel on shares of the same global batches (utils/parallel.py);
+rank 0 evaluates and writes.
 """
 import contextlib
 import dataclasses
@@ -483,8 +484,8 @@ def train(model, train_features, dev_features, task, args, objective, run_dir, p
     dev_features: {split name: Features}; the first split drives checkpoint selection.
     Writes train_log.csv, eval_log.csv, eval_results.json (names per `runs.run_file`) and the
     checkpoints into run_dir, and resume_state.pkl at every evaluation and `--save_steps`
-    before the last step; `--resume` continues from the latter. Under torchrun every process calls this; rank 0
-    writes and returns the results, the other ranks return None.
+    before the last step; `--resume` continues from the latter. Under torchrun every process
+    calls this; rank 0 writes and returns the results, the other ranks return None.
     """
     device = pick_device(args)
     with parallel.process_group(device):
