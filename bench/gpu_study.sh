@@ -22,6 +22,14 @@
 # These runs are a study of their own: GPU kernels, the GPU's random stream and the fp16-rounded
 # MiniLM weights (prepare.sh) differ from the CPU grid's, so their seeds never pool with CPU seeds.
 #
+# Issue 11 item 4 (a one-seed grid's start-up share, before and after the stage server), about 3
+# minutes per grid: the same one-seed MRPC grid in new interpreters, then forked (GRID_ARGS goes
+# to bench/reproduce.py after the script's own flags; each results.md says "Not training: ..."):
+#     TASKS=MRPC GRID_ARGS="--seeds 1 --no_forkserver" WORK=bench/results/item4-fresh \
+#         OUT=$OUT/fresh bash bench/gpu_study.sh
+#     TASKS=MRPC GRID_ARGS="--seeds 1" WORK=bench/results/item4-forked OUT=$OUT/forked \
+#         bash bench/gpu_study.sh
+#
 # DRY=1 checks this script on the CPU (2 steps per run, seed 1, two variants; not a measurement):
 #     PY=/work/main/.venv/bin/python DRY=1 OUT=/tmp/study bash bench/gpu_study.sh
 set -uo pipefail
@@ -58,7 +66,8 @@ pids=() ; i=0
 for task in $TASKS; do
     mkdir -p "$WORK/$task"
     cmd=("$PY" bench/reproduce.py --task "$task" --bert_model "$BERT" --data_dir "$DATA"
-         --work_dir "$WORK/$task" --protocol authors --jobs "$JOBS" --no_plot "${GRID[@]}")
+         --work_dir "$WORK/$task" --protocol authors --jobs "$JOBS" --no_plot "${GRID[@]}"
+         ${GRID_ARGS:-})
     log "START $task on cpus ${CPUS[$i]}: ${cmd[*]}"
     timeout --signal=INT --kill-after=20 $((BUDGET - SECONDS)) \
         taskset -c "${CPUS[$i]}" "${cmd[@]}" >> "$WORK/grid-$task.log" 2>&1 &
@@ -68,7 +77,8 @@ for p in "${pids[@]}"; do wait "$p"; log "grid pid $p exit $?"; done
 
 for task in $TASKS; do
     "$PY" bench/reproduce.py --task "$task" --bert_model "$BERT" --data_dir "$DATA" \
-        --work_dir "$WORK/$task" --protocol authors "${GRID[@]}" --report_only > /dev/null 2>> "$LOG"
+        --work_dir "$WORK/$task" --protocol authors "${GRID[@]}" ${GRID_ARGS:-} --report_only \
+        > /dev/null 2>> "$LOG"
     log "$task: $(sed -n 5p "$WORK/$task/results.md" 2>/dev/null)"
     mkdir -p "$OUT/$task"
     cp "$WORK/$task/results.md" "$OUT/$task/" 2>/dev/null
