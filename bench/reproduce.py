@@ -82,7 +82,7 @@ def build_parser():
     p.add_argument("--no_forkserver", action="store_true",
                    help="start each stage in a new interpreter (default: fork it from one "
                         "process that imported torch once, which saves each stage about 1.6 s "
-                        "on a CPU; grid/run.py `launch`)")
+                        "on a CPU; src/utils/launch.py)")
     p.add_argument("--no_plot", action="store_true")
     p.add_argument("--report_only", action="store_true",
                    help="write the tables and chart from the stages finished so far, run none "

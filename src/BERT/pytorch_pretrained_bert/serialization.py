@@ -21,14 +21,19 @@ def _process_alive(pid):
     return True
 
 
+def _temporary(path):
+    """(prefix, this process's temporary file) beside `path`: `.<name>.tmp<pid>`."""
+    prefix = f".{path.name}.tmp"
+    return prefix, path.with_name(f"{prefix}{os.getpid()}")
+
+
 def atomic_write(path, write):
     """Calls write(f) on a temporary file beside `path`, fsyncs it and renames it over `path`,
     so a crash mid-write leaves the previous file intact. Temporary files of this target that
     a killed process left behind (`.<name>.tmp<pid>`, pid no longer running) are removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    prefix = f".{path.name}.tmp"
-    tmp = path.with_name(f"{prefix}{os.getpid()}")
+    prefix, tmp = _temporary(path)
     try:
         with open(tmp, "wb") as f:
             write(f)
@@ -49,7 +54,7 @@ def atomic_link(source, path):
     `path` atomically. False, with nothing changed, where the file system has no hard links.
     A later atomic_write of either name gives it a new file and leaves the other intact."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    _, tmp = _temporary(path)
     try:
         os.link(source, tmp)
     except OSError:
