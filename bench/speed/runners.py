@@ -16,6 +16,7 @@ import torch.nn.functional as F
 import BERT.pytorch_pretrained_bert.linear as fast_linear
 import BERT.pytorch_pretrained_bert.modeling as modeling
 from BERT.pytorch_pretrained_bert import BertAdam
+from utils.allocator import keep_freed_memory
 from utils.args import apply_presets
 from utils.distill import build_objective
 from utils.glue import get_task
@@ -93,6 +94,9 @@ class Ours:
 
     def __init__(self, model, device, amp, compile_mode=None, fused_adam=None):
         self.model, self.device, self.amp = model, device, amp
+        if device.type == "cpu":
+            # as the scripts' pick_device; for the whole process, so transformers' steps too
+            keep_freed_memory()
         self.forward, self.graphs = compile_forward(model, compile_mode, device)
         decay, no_decay = [], []
         for name, p in model.named_parameters():

@@ -32,6 +32,7 @@ from BERT.pytorch_pretrained_bert.linear import (machine_key, requested_path as
                                                  used_paths as used_linear_paths)
 
 from . import parallel
+from .allocator import keep_freed_memory
 from .args import CUDA_GRAPH_MODES
 from .checkpoints import atomic_torch_save, safe_torch_load, save_model_checkpoint, write_json
 from .errors import Interrupted, PeakdError
@@ -55,7 +56,8 @@ def pick_device(args):
     """This process's GPU (under torchrun the one of its LOCAL_RANK), or the CPU.
 
     Also checks $PEAKD_LINEAR (the CPU Linear path) here, before any work, so that a bad value
-    is a one-line error rather than a traceback from the first forward.
+    is a one-line error rather than a traceback from the first forward; on the CPU, makes malloc
+    reuse the steps' large blocks (utils/allocator.py).
     """
     try:
         requested_linear_path()
@@ -63,6 +65,7 @@ def pick_device(args):
         raise PeakdError(str(e)) from None
     if torch.cuda.is_available() and not args.no_cuda:
         return torch.device("cuda", parallel.local_rank())
+    keep_freed_memory()
     return torch.device("cpu")
 
 
