@@ -41,6 +41,7 @@ from speed.peak import measure_peaks  # noqa: E402
 from speed.report import evaluate_targets, fmt, print_report  # noqa: E402
 from speed.scripts import bench_scripts, print_scripts  # noqa: E402
 from speed.workloads import DEFAULT_GLUE, load_mrpc_dev, minilm_dir  # noqa: E402
+from utils.allocator import keep_freed_memory  # noqa: E402
 from utils.args import add_compile_arg  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -129,6 +130,8 @@ def machine_meta(args, device, amps):
         "transformers": transformers.__version__, "python": platform.python_version(),
         "clock": args.clock, "amp": amps, "compile": args.compile,
         "cpu_linear": None if cuda else fast_linear.chosen_paths(),
+        # set here if not yet (as the scripts and speed.runners.Ours do on the CPU)
+        "malloc_keeps_freed": None if cuda else keep_freed_memory(),
         "notes": [
             "fixed128: random ids, 128 real tokens per row (no padding)",
             "mrpc: GLUE MRPC dev; training batches shuffled (seed 0), inference batches "
