@@ -13,6 +13,7 @@ from helpers import load_script, make_glue, make_tiny_bert
 import BERT.pytorch_pretrained_bert.linear as fast_linear
 from BERT.pytorch_pretrained_bert.optimization import warmup_linear
 from utils import runs, teacher_outputs
+from utils.allocator import keep_freed_memory
 from utils.features import train_batches
 from utils.glue import get_task
 
@@ -83,6 +84,8 @@ def test_four_scripts_chain_and_write_the_spec_artifacts(pipeline):
     assert set(student["best_acc"]) >= {"acc", "f1", "acc_and_f1", "loss", "epoch", "step"}
     # the run says which CPU matmul library computed it: a tiny model's layers all take F.linear
     assert student["cpu_linear"] == {"requested": "auto", "train": "mkl", "infer": "mkl"}
+    # this process's setting (what it does: tests/test_speed_paths.py)
+    assert student["malloc_keeps_freed"] is keep_freed_memory()
     # and on which CPU and torch (float rounding depends on them)
     assert student["machine"] == fast_linear.machine_key()
     assert f"torch {torch.__version__}" in student["machine"]

@@ -474,6 +474,8 @@ class _TrainingRun:
             # the CPU and torch that computed it: which one ran a study's stages was unknown
             # once a machine's CPU changed between sessions
             results["machine"] = machine_key()
+            # whether its samples/s had glibc's malloc reuse large blocks (utils/allocator.py)
+            results["malloc_keeps_freed"] = keep_freed_memory()
         results["code"] = self.code
         write_json(run_file(self.run_dir, RESULTS_FILE, self.prefix), results)
         run_file(self.run_dir, RESUME_FILE, self.prefix).unlink(missing_ok=True)
