@@ -703,16 +703,40 @@ def test_benchmark_scripts_command_runs_the_users_path(tiny):
     assert fig["other_seconds"] == 5.0 and fig["other_share"] == 0.5 and fig["dev_acc"] == 0.75
 
 
-def test_profile_step_reports_mfu_and_linear_share(capsys):
+def _profile_step_module():
     path = Path(__file__).resolve().parents[1] / "bench" / "profile_step.py"
     spec = importlib.util.spec_from_file_location("profile_step", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("amp", ["fp32", "bf16"])
+def test_profile_step_reports_mfu_and_linear_share(capsys, amp):
+    module = _profile_step_module()
     module.main(["--layers", "1", "--hidden", "64", "--batch", "2", "--steps", "1",
-                 "--peak_size", "256", "--rows", "3"])
+                 "--warmup", "1", "--peak_size", "256", "--rows", "3", "--amp", amp])
     out = capsys.readouterr().out
+    assert out.startswith(f"{amp} step; Linear path: ")
     assert "= MFU " in out and "Linear layers inside the step:" in out
     assert "the same Linear GEMM shapes alone:" in out
+    assert "page faults per step: plain [" in out and "(the 1 fewest kept)" in out
+
+
+def test_profile_steps_keeps_the_tries_with_fewest_page_faults():
+    """A profiled step the profiler disturbed (page faults plain steps do not take) is left out
+    of the table: here the tries that run sin report faults, those that run cos none."""
+    module = _profile_step_module()
+    x, ops, faults = torch.ones(8), [torch.sin, torch.cos] * 3, iter([0, 500, 0, 0] * 3)
+
+    class Stepper:
+        def train_step(self, batch):
+            ops.pop(0)(x)
+
+    with mock.patch.object(module, "page_faults", lambda: next(faults)):
+        totals, tried = module.profile_steps(Stepper(), None, steps=3, tries=6)
+    assert tried == [500, 0] * 3
+    assert totals["aten::cos"][1] == 3 and "aten::sin" not in totals
 
 
 def test_compile_mode_reaches_torch_compile_and_graph_steps_only_on_cuda(tiny, tmp_path):

@@ -67,6 +67,8 @@ LINEAR_PATH = None
 # do: on an Intel Xeon capped to AVX2 it found oneDNN 1.09x slower per op while a training step
 # with oneDNN forced ran at 0.48x transformers' speed (bench/README.md).
 PROBE_SHAPES = ((256, 768, 768, 4), (256, 768, 3072, 1), (256, 3072, 768, 1))
+# the probe's identity as a kept choice records it (JSON has lists, not tuples)
+PROBE_ID = [list(s) for s in PROBE_SHAPES]
 OPS = ("forward", "grad_input", "grad_weight")  # the three matrix multiplies of a Linear
 # oneDNN is taken only when F.linear's time is at least this multiple of its: repeated probes
 # on the busy AVX2 machine scattered by up to 12% (forward 4.4-5.5 ms for MKL, 4.6-4.9 for
@@ -222,7 +224,7 @@ def requested_path():
 def measure(rounds=PROBE_ROUNDS):
     """{"train", "infer", "shapes", "seconds"}: one probe and its decision."""
     best = time_paths(rounds=rounds)
-    return {**decide(best), "shapes": [list(s) for s in PROBE_SHAPES], "seconds": best}
+    return {**decide(best), "shapes": PROBE_ID, "seconds": best}
 
 
 def cache_path():
@@ -279,7 +281,7 @@ def _kept_choice(path):
         # a choice of another probe (an earlier PROBE_SHAPES or none recorded) is measured again
         if (isinstance(choice, dict)
                 and all(choice.get(mode) in ("onednn", "mkl") for mode in ("train", "infer"))
-                and choice.get("shapes") == [list(s) for s in PROBE_SHAPES]):
+                and choice.get("shapes") == PROBE_ID):
             return {**choice, "source": f"kept in {path}"}
         choice = measure(KEPT_PROBE_ROUNDS)
         kept[key] = {**choice, "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
