@@ -723,6 +723,17 @@ def test_profile_step_reports_mfu_and_linear_share(capsys, amp):
     assert "page faults per step: plain [" in out and "(the 1 fewest kept)" in out
 
 
+def test_dropout_mask_bench_times_every_way_for_both_precisions(capsys):
+    path = Path(__file__).resolve().parents[1] / "bench" / "dropout_mask.py"
+    spec = importlib.util.spec_from_file_location("dropout_mask", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--shape", "4", "8", "--reps", "2"])
+    rows = capsys.readouterr().out.splitlines()[1:]
+    assert len(rows) == 10 and {row.split()[0] for row in rows} == {"fp32", "bf16"}
+    assert all(float(row.split()[-1]) >= 0 for row in rows)
+
+
 def test_profile_steps_keeps_the_tries_with_fewest_page_faults():
     """A profiled step the profiler disturbed (page faults plain steps do not take) is left out
     of the table: here the tries that run sin report faults, those that run cos none."""
