@@ -33,14 +33,13 @@ from BERT.pytorch_pretrained_bert.modeling import BertForSequenceClassification 
 # the benchmark's model step, batch, FLOP count and peak
 from speed.machine import Clock  # noqa: E402
 from speed.peak import forward_flops, matmul_peak  # noqa: E402
-from speed.runners import Ours  # noqa: E402
+from speed.runners import AMP_DTYPES, Ours  # noqa: E402
 from speed.workloads import FIXED_LEN, fixed_batch  # noqa: E402
 from utils.args import add_compile_arg  # noqa: E402
 
 # the profiler's names of a Linear layer's GEMMs on each path (attention runs aten::bmm);
 # under autocast the Linear layers take F.linear (linear.py), so bf16 runs the mkl names
 LINEAR_OPS = {"onednn": ("mkldnn::_linear_pointwise",), "mkl": ("aten::addmm", "aten::mm")}
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 PLAIN_STEPS = 3  # unprofiled steps: the step time (their median) and their page faults
 NAME_WIDTH = 40  # operator names are cut to this in the table
 
@@ -58,7 +57,7 @@ def build_parser():
     p.add_argument("--warmup", type=int, default=3,
                    help="steps run before profiling (the first fault in memory and, compiling, "
                         "recompile)")
-    p.add_argument("--amp", default="fp32", choices=tuple(DTYPES),
+    p.add_argument("--amp", default="fp32", choices=("fp32", "bf16"),
                    help="bf16: the step under torch.autocast, as the scripts' --bf16")
     p.add_argument("--rows", type=int, default=15, help="operators shown")
     add_compile_arg(p)
@@ -168,7 +167,7 @@ def main(argv=None):
     total_s = sum(us for us, _ in totals.values()) / 1e6 / args.steps
     # the peak as make bench measures it (fp32: the better of torch.mm and oneDNN; bf16:
     # torch.mm), square, at two sizes
-    cpu, dtype = torch.device("cpu"), DTYPES[args.amp]
+    cpu, dtype = torch.device("cpu"), AMP_DTYPES[args.amp]
     peak = max(matmul_peak(cpu, dtype, n, reps, Clock("wall", cpu), onednn=onednn)["flops_best"]
                for n, reps in ((args.peak_size // 2, 5), (args.peak_size, 2))
                for onednn in ((False, True) if args.amp == "fp32" else (False,)))

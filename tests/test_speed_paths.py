@@ -703,17 +703,9 @@ def test_benchmark_scripts_command_runs_the_users_path(tiny):
     assert fig["other_seconds"] == 5.0 and fig["other_share"] == 0.5 and fig["dev_acc"] == 0.75
 
 
-def _profile_step_module():
-    path = Path(__file__).resolve().parents[1] / "bench" / "profile_step.py"
-    spec = importlib.util.spec_from_file_location("profile_step", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("amp", ["fp32", "bf16"])
 def test_profile_step_reports_mfu_and_linear_share(capsys, amp):
-    module = _profile_step_module()
+    module = _load_bench("profile_step")
     module.main(["--layers", "1", "--hidden", "64", "--batch", "2", "--steps", "1",
                  "--warmup", "1", "--peak_size", "256", "--rows", "3", "--amp", amp])
     out = capsys.readouterr().out
@@ -724,10 +716,7 @@ def test_profile_step_reports_mfu_and_linear_share(capsys, amp):
 
 
 def test_dropout_mask_bench_times_every_way_for_both_precisions(capsys):
-    path = Path(__file__).resolve().parents[1] / "bench" / "dropout_mask.py"
-    spec = importlib.util.spec_from_file_location("dropout_mask", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _load_bench("dropout_mask")
     module.main(["--shape", "4", "8", "--reps", "2"])
     rows = capsys.readouterr().out.splitlines()[1:]
     assert len(rows) == 10 and {row.split()[0] for row in rows} == {"fp32", "bf16"}
@@ -737,7 +726,7 @@ def test_dropout_mask_bench_times_every_way_for_both_precisions(capsys):
 def test_profile_steps_keeps_the_tries_with_fewest_page_faults():
     """A profiled step the profiler disturbed (page faults plain steps do not take) is left out
     of the table: here the tries that run sin report faults, those that run cos none."""
-    module = _profile_step_module()
+    module = _load_bench("profile_step")
     x, ops, faults = torch.ones(8), [torch.sin, torch.cos] * 3, iter([0, 500, 0, 0] * 3)
 
     class Stepper:

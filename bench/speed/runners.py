@@ -67,10 +67,14 @@ def hf_twin(ours, model_type, num_labels):
     return theirs
 
 
+# the benchmark's --amp names and the dtypes they run in
+AMP_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def autocast(device, amp):
     if amp == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[amp])
+    return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
 
 
 def optimizer_step(scaler, opt, loss, clip=None):
