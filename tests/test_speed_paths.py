@@ -494,7 +494,7 @@ def test_the_probe_times_one_layer_of_each_shape_weighted_by_its_count(monkeypat
     per op, so the feed-forward shapes weigh in the decision as they do in a step."""
     seen = []
 
-    def fake_shape(m, k, n, rounds, generator):
+    def fake_shape(m, k, n, rounds, generator, dtype, paths):
         seen.append((m, k, n, rounds))
         return {path: {op: k * n * (2 if path == "onednn" else 1) for op in fast_linear.OPS}
                 for path in ("mkl", "onednn")}
@@ -579,6 +579,61 @@ def test_the_probe_measures_every_op_of_both_paths_without_touching_the_global_s
     assert set(best) == {"mkl", "onednn"}
     assert all(set(t) == {"forward", "grad_input", "grad_weight"} for t in best.values())
     assert all(0 < s < 1 for t in best.values() for s in t.values())
+
+
+def test_the_bf16_probe_times_one_library_in_both_dtypes_without_touching_the_global_stream():
+    threads = torch.get_num_threads()
+    state = torch.get_rng_state()
+    best = fast_linear.time_paths(((16, 32, 24, 1),), 1, torch.bfloat16, ("mkl",))
+    assert set(best) == {"mkl"} and set(best["mkl"]) == set(fast_linear.OPS)
+    slowdown = fast_linear.bf16_slowdown((16, 32, 24, 1), rounds=1)
+    assert 0 < slowdown < math.inf
+    assert torch.equal(torch.get_rng_state(), state) and torch.get_num_threads() == threads
+
+
+@pytest.fixture
+def bf16_probe(monkeypatch):
+    """utils.train.warn_slow_bf16 with a fake slowdown (set .value), measured anew per test."""
+    import utils.train as train
+    fake = argparse.Namespace(value=1.0, calls=0)
+
+    def slowdown():
+        fake.calls += 1
+        return fake.value
+
+    monkeypatch.setattr(train, "bf16_slowdown", slowdown)
+    train.warn_slow_bf16.cache_clear()
+    yield fake
+    train.warn_slow_bf16.cache_clear()
+
+
+@pytest.mark.parametrize("slowdown, warned", [(17.0, True), (0.4, False)])
+def test_bf16_on_a_cpu_whose_bf16_matmuls_are_slow_warns_once_and_stays_on(
+        bf16_probe, capsys, slowdown, warned):
+    """On an AVX2-only EPYC bf16 Linears took 17x fp32's time (linear.BF16_PROBE_SHAPE): --bf16
+    says so in one line, once per process, and still runs in bf16 (an explicit flag wins)."""
+    from utils.train import autocast
+    bf16_probe.value = slowdown
+    args = argparse.Namespace(fp16=False, bf16=True)
+    for _ in range(2):
+        with autocast(args, torch.device("cpu")):
+            assert torch.get_autocast_dtype("cpu") == torch.bfloat16
+            assert torch.is_autocast_enabled("cpu")
+    lines = capsys.readouterr().err.splitlines()
+    assert bf16_probe.calls == 1
+    if warned:
+        assert len(lines) == 1 and lines[0].startswith("warning: --bf16: bf16 matrix multiplies "
+                                                       "take 17x fp32's time on this CPU")
+        assert "drop --bf16" in lines[0]
+    else:
+        assert lines == []
+
+
+def test_fp32_runs_no_bf16_probe(bf16_probe):
+    from utils.train import autocast
+    with autocast(argparse.Namespace(fp16=False, bf16=False), torch.device("cpu")):
+        assert not torch.is_autocast_enabled("cpu")
+    assert bf16_probe.calls == 0
 
 
 def test_a_bad_linear_path_is_a_one_line_error(fresh_choice):

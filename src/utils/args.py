@@ -102,7 +102,8 @@ def add_task_args(parser, max_seq_length=128):
                         "shapes occur (default: 8 on CUDA, 1 on the CPU; utils/train.py)")
     g.add_argument("--no_cuda", action="store_true", help="run on the CPU even if CUDA is there")
     g.add_argument("--fp16", action="store_true", help="fp16 autocast and grad scaling (CUDA)")
-    g.add_argument("--bf16", action="store_true", help="bf16 autocast (GPUs or CPUs with bf16)")
+    g.add_argument("--bf16", action="store_true",
+                   help="bf16 autocast (GPUs or CPUs with fast bf16; where bf16 is slow, it warns)")
     return g
 
 

@@ -16,6 +16,7 @@ rank 0 evaluates and writes.
 """
 import contextlib
 import dataclasses
+import functools
 import math
 import sys
 import time
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from BERT.pytorch_pretrained_bert import BertAdam, count_parameters
-from BERT.pytorch_pretrained_bert.linear import (machine_key, requested_path as
+from BERT.pytorch_pretrained_bert.linear import (bf16_slowdown, machine_key, requested_path as
                                                  requested_linear_path,
                                                  used_paths as used_linear_paths)
 
@@ -35,7 +36,7 @@ from . import parallel
 from .allocator import keep_freed_memory
 from .args import CUDA_GRAPH_MODES
 from .checkpoints import atomic_torch_save, safe_torch_load, save_model_checkpoint, write_json
-from .errors import Interrupted, PeakdError
+from .errors import Interrupted, PeakdError, warn
 from .features import eval_batches, train_batches
 from .metrics import metrics_for
 from .modeling import effective_layers
@@ -76,8 +77,30 @@ def autocast(args, device):
             raise PeakdError("--fp16 needs a CUDA GPU; drop it (or use --bf16) on the CPU")
         return torch.autocast("cuda", dtype=torch.float16)
     if args.bf16:
+        if device.type == "cpu":
+            warn_slow_bf16()
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+# --bf16 on a CPU warns where bf16 Linears take at least this multiple of fp32's time: there the
+# run is slower, not faster. On an AVX2-only AMD EPYC (family 25, model 1) the probe gave 7-16x,
+# and `finetune.py --bf16` trained the MiniLM teacher on MRPC 17x slower than fp32 and evaluated
+# 8.5x slower (bench/README.md); on an Intel Xeon with AMX --bf16 was 1.4x / 2.4x faster.
+BF16_WARN_SLOWDOWN = 2.0
+
+
+@functools.cache
+def warn_slow_bf16():
+    """Once per process: one warning line where this CPU's bf16 matmuls are slow (bf16_slowdown);
+    returns the measured slowdown. --bf16 stays on: the flag is the user's choice."""
+    slowdown = bf16_slowdown()
+    if slowdown >= BF16_WARN_SLOWDOWN:
+        warn(f"--bf16: bf16 matrix multiplies take {slowdown:.0f}x fp32's time on this CPU "
+             f"(torch CPU capability {torch.backends.cpu.get_cpu_capability()}, no fast bf16 "
+             f"kernels), so this run will be slower than in fp32, not faster; drop --bf16 to "
+             f"train in fp32")
+    return slowdown
 
 
 # Each batch's length is rounded up to a multiple of this (--pad_to_multiple_of overrides it).

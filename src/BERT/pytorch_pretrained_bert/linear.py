@@ -80,6 +80,14 @@ CACHE_ENV = "PEAKD_LINEAR_CACHE"
 # since a wrong choice would last for every later run there): 0.56 and 1.34 s of wall time on a
 # 2-core Intel Xeon, 0.83 and 2.06 s capped to AVX2
 PROBE_ROUNDS, KEPT_PROBE_ROUNDS = 4, 12
+# --bf16 on a CPU: bf16_slowdown times one Linear of this shape in bf16 and fp32 (0.1-0.16 s on
+# the AVX2 EPYC, less where bf16 is fast). Where a CPU has no native bf16, torch 2.13 runs
+# bf16 GEMMs through slow generic kernels: on an AVX2-only AMD EPYC (family 25, model 1) this
+# shape's three products took 17x fp32's time (forward 4.5 / 0.47 ms, input gradient 16.8 / 0.45,
+# weight gradient 1.9 / 0.46; one thread; 1.1 GFLOP/s for a bf16 product of two row-major
+# operands against 108 in fp32 at 512 x 768 x 768, 2 threads). With AMX (an Intel Xeon, family 6,
+# model 167) bf16's matmul peak is 5.6x fp32's.
+BF16_PROBE_SHAPE, BF16_PROBE_ROUNDS = (128, 384, 384, 1), 2
 # environment variables that cap the instruction sets either library uses
 ISA_CAPS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS",
             "MKL_DEBUG_CPU_TYPE")
@@ -150,7 +158,8 @@ def _onednn_usable():
         return False
 
 
-def time_paths(shapes=PROBE_SHAPES, rounds=PROBE_ROUNDS):
+def time_paths(shapes=PROBE_SHAPES, rounds=PROBE_ROUNDS, dtype=torch.float32,
+               paths=("mkl", "onednn")):
     """{path: {op: seconds}} for ops forward, grad_input, grad_weight of a set of Linears.
 
     shapes: (M tokens, K in, N out, count) each; an op's seconds are the sum over shapes of its
@@ -161,16 +170,17 @@ def time_paths(shapes=PROBE_SHAPES, rounds=PROBE_ROUNDS):
     rounds, 15 probes of the 768 x 768 shape all gave MKL/oneDNN time ratios of 0.84-1.02 forward
     and 0.81-0.89 for all three ops). Rounds alternate which library goes first; an extra first
     round only warms up (oneDNN builds its primitives). A private generator: the global random
-    stream (dropout) is not touched.
+    stream (dropout) is not touched. `dtype` and `paths` (libraries timed, of "mkl" and "onednn")
+    serve bf16_slowdown.
     """
     g = torch.Generator().manual_seed(0)
-    total = {path: dict.fromkeys(OPS, 0.0) for path in ("mkl", "onednn")}
+    total = {path: dict.fromkeys(OPS, 0.0) for path in paths}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         with torch.no_grad():
             for m, k, n, count in shapes:
-                for path, times in _time_shape(m, k, n, rounds, g).items():
+                for path, times in _time_shape(m, k, n, rounds, g, dtype, paths).items():
                     for op, seconds in times.items():
                         total[path][op] += count * seconds
     finally:
@@ -178,24 +188,32 @@ def time_paths(shapes=PROBE_SHAPES, rounds=PROBE_ROUNDS):
     return total
 
 
-def _time_shape(m, k, n, rounds, generator):
+def _time_shape(m, k, n, rounds, generator, dtype=torch.float32, paths=("mkl", "onednn")):
     """{path: {op: best thread seconds}} of one (M, K) x (N, K)^T Linear, on this thread."""
-    x, w, grad = (torch.randn(*s, generator=generator) for s in ((m, k), (n, k), (m, n)))
-    b = torch.randn(n, generator=generator)
+    x, w, grad = (torch.randn(*s, generator=generator).to(dtype) for s in ((m, k), (n, k), (m, n)))
+    b = torch.randn(n, generator=generator).to(dtype)
     ops = {
         "mkl": (lambda: F.linear(x, w, b), lambda: grad.mm(w), lambda: grad.t().mm(x)),
         "onednn": (lambda: _onednn_matmul(x, w, b), lambda: _onednn_grad_input(grad, w),
                    lambda: _onednn_grad_weight(grad, x)),
     }
-    best = {path: dict.fromkeys(OPS, float("inf")) for path in ops}
+    best = {path: dict.fromkeys(OPS, float("inf")) for path in paths}
     for r in range(rounds + 1):
-        for path in (("mkl", "onednn") if r % 2 else ("onednn", "mkl")):
+        for path in (paths if r % 2 else paths[::-1]):
             for op, fn in zip(OPS, ops[path]):
                 start = time.thread_time()
                 fn()
                 if r:
                     best[path][op] = min(best[path][op], time.thread_time() - start)
     return best
+
+
+def bf16_slowdown(shape=BF16_PROBE_SHAPE, rounds=BF16_PROBE_ROUNDS):
+    """bf16 time / fp32 time of one Linear's three products (time_paths, F.linear's kernels,
+    which --bf16's CPU autocast runs) at `shape` (M, K, N, count): above 1, bf16 is slower."""
+    seconds = {dtype: sum(time_paths((shape,), rounds, dtype, ("mkl",))["mkl"].values())
+               for dtype in (torch.float32, torch.bfloat16)}
+    return seconds[torch.bfloat16] / seconds[torch.float32]
 
 
 def decide(best):
