@@ -84,9 +84,7 @@ def autocast(args, device):
 
 
 # --bf16 on a CPU warns where bf16 Linears take at least this multiple of fp32's time: there the
-# run is slower, not faster. On an AVX2-only AMD EPYC (family 25, model 1) the probe gave 7-16x,
-# and `finetune.py --bf16` trained the MiniLM teacher on MRPC 17x slower than fp32 and evaluated
-# 8.5x slower (bench/README.md); on an Intel Xeon with AMX --bf16 was 1.4x / 2.4x faster.
+# run is slower, not faster (figures at linear.BF16_PROBE_SHAPE and in bench/README.md).
 BF16_WARN_SLOWDOWN = 2.0
 
 
@@ -99,7 +97,7 @@ def warn_slow_bf16():
         warn(f"--bf16: bf16 matrix multiplies take {slowdown:.0f}x fp32's time on this CPU "
              f"(torch CPU capability {torch.backends.cpu.get_cpu_capability()}, no fast bf16 "
              f"kernels), so this run will be slower than in fp32, not faster; drop --bf16 to "
-             f"train in fp32")
+             f"run in fp32")
     return slowdown
 
 
