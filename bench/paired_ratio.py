@@ -1,5 +1,5 @@
 """Is ours as fast as transformers on this machine? The samples/s ratio ours / transformers of one
-training step or one inference batch, with a 95% paired interval.
+training step or one inference batch (eval mode: no dropout), with a 95% paired interval.
 
     .venv/bin/python bench/paired_ratio.py --mode train --reps 12 --threads 2
     .venv/bin/python bench/paired_ratio.py --mode infer --reps 20 --threads 2
@@ -93,8 +93,10 @@ def main(argv=None):
     fast_linear.LINEAR_PATH = args.linear
     cpu = torch.device("cpu")
     config, _, ours_model, theirs_model = twin_models(args.config, args.quick, cpu)
-    ours = Ours(ours_model.train(), cpu, args.amp)
-    theirs = Theirs(theirs_model.train(), cpu, args.amp)
+    # as make bench (speed/measure.py): inference runs in eval mode, without dropout
+    training = args.mode == "train"
+    ours = Ours(ours_model.train(training), cpu, args.amp)
+    theirs = Theirs(theirs_model.train(training), cpu, args.amp)
     if args.workload == "mrpc":
         plan = plan_for(args.config, args, cpu)  # --batch sets both sizes, as in make bench
         batches = make_workloads(load_mrpc_dev(args.glue_dir), config, plan, cpu)[
@@ -111,7 +113,8 @@ def main(argv=None):
         ours_s.append(seconds[id(ours)])
         theirs_s.append(seconds[id(theirs)])
     result = paired_ratio(ours_s, theirs_s)
-    result.update(mode=args.mode, workload=args.workload, amp=args.amp, threads=args.threads,
+    result.update(mode=args.mode, dropout=training, workload=args.workload, amp=args.amp,
+                  threads=args.threads,
                   clock=args.clock, batch=args.batch, config=args.config, quick=args.quick,
                   layers=config.num_hidden_layers, hidden=config.hidden_size,
                   linear=fast_linear.used_paths(), torch=torch.__version__,

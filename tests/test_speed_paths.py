@@ -874,6 +874,23 @@ def test_paired_ratio_script_times_both_models_in_pairs(fresh_choice, tmp_path, 
     assert "ours/transformers samples/s" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="--reps 2"):
         bench.main(["--reps", "2"])
+
+
+@pytest.mark.parametrize("mode", ["train", "infer"])
+def test_paired_ratio_infers_in_eval_mode_and_trains_with_dropout(fresh_choice, monkeypatch, mode):
+    pytest.importorskip("transformers")
+    bench = _load_bench("paired_ratio")
+    seen = set()
+
+    def spy(impl, mode_, batches, clock, *rest, **kw):
+        seen.add((type(impl).__name__, impl.model.training))
+        return 1.0
+
+    monkeypatch.setattr(bench, "run_one", spy)
+    result = bench.main(["--mode", mode, "--config", "student3", "--quick", "--reps", "3",
+                         "--batch", "2", "--threads", str(torch.get_num_threads())])
+    assert result["dropout"] is (mode == "train")
+    assert seen == {("Ours", mode == "train"), ("Theirs", mode == "train")}
     with pytest.raises(SystemExit, match="--batch 0"):
         bench.main(["--batch", "0"])
 
