@@ -114,9 +114,8 @@ def main(argv=None):
         theirs_s.append(seconds[id(theirs)])
     result = paired_ratio(ours_s, theirs_s)
     result.update(mode=args.mode, dropout=training, workload=args.workload, amp=args.amp,
-                  threads=args.threads,
-                  clock=args.clock, batch=args.batch, config=args.config, quick=args.quick,
-                  layers=config.num_hidden_layers, hidden=config.hidden_size,
+                  threads=args.threads, clock=args.clock, batch=args.batch, config=args.config,
+                  quick=args.quick, layers=config.num_hidden_layers, hidden=config.hidden_size,
                   linear=fast_linear.used_paths(), torch=torch.__version__,
                   ours_seconds=ours_s, theirs_seconds=theirs_s)
     paths = result["linear"]
