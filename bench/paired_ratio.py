@@ -16,7 +16,6 @@ Student-t interval give the verdict: faster (the interval lies above 1), slower 
 decided.
 """
 import argparse
-import math
 import sys
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import speed  # noqa: E402,F401  (puts src/ on sys.path)
 import BERT.pytorch_pretrained_bert.linear as fast_linear  # noqa: E402
-from grid.stats import paired  # noqa: E402
+from grid.stats import paired_ratio  # noqa: E402
 from speed.machine import Clock  # noqa: E402
 from speed.measure import CONFIGS, twin_models  # noqa: E402
 from speed.runners import Ours, Theirs, run_one  # noqa: E402
@@ -58,26 +57,6 @@ def build_parser():
                         "(fp32 CPU Linears then take F.linear)")
     p.add_argument("--out", type=Path, help="also write the result as JSON here")
     return p
-
-
-def paired_ratio(ours_seconds, theirs_seconds, confidence=0.95):
-    """Ratio r_i = theirs_i / ours_i (ours' samples/s over theirs') of n >= 3 timed pairs.
-
-    Returns the geometric mean exp(m) and the interval exp(m -+ t(confidence, n - 1) * s /
-    sqrt(n)) of grid.stats.paired on the log ratios log r_i = log theirs_i - log ours_i (m their
-    mean, s their sample standard deviation); verdict 'faster' when the interval lies above 1,
-    'slower' when below, else 'not decided'.
-    """
-    if len(ours_seconds) != len(theirs_seconds) or len(ours_seconds) < 3:
-        raise ValueError(f"need at least 3 pairs of timings, got {len(ours_seconds)} and "
-                         f"{len(theirs_seconds)}")
-    logs = [math.log(t / o) for o, t in zip(ours_seconds, theirs_seconds)]
-    c = paired({i: math.log(t) for i, t in enumerate(theirs_seconds)},
-               {i: math.log(o) for i, o in enumerate(ours_seconds)}, level=confidence)
-    low, high = math.exp(c.low), math.exp(c.high)
-    verdict = "faster" if low > 1 else "slower" if high < 1 else "not decided"
-    return {"ratio": math.exp(c.mean), "low": low, "high": high, "verdict": verdict,
-            "pairs": c.n, "min": math.exp(min(logs)), "max": math.exp(max(logs))}
 
 
 def main(argv=None):

@@ -1,5 +1,6 @@
-"""The grid's paired comparisons (bench/grid/stats.py) on fixed numbers with known answers, and
-how it shares the machine among processes (bench/grid/run.py)."""
+"""The grid's paired comparisons and the speed ratios over timed pairs (bench/grid/stats.py)
+on fixed numbers with known answers, and how it shares the machine among processes
+(bench/grid/run.py)."""
 import math
 import sys
 from pathlib import Path
@@ -8,7 +9,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
-from grid.stats import CLAIMS, compare_claims, paired, t_quantile, verdict  # noqa: E402
+from grid.stats import (CLAIMS, compare_claims, paired, paired_ratio, t_quantile,  # noqa: E402
+                        verdict)
 
 
 @pytest.mark.parametrize("p, df, expected", [
@@ -255,3 +257,20 @@ def test_predictions_digest_follows_the_predictions_not_the_folder(tmp_path):
     changed = logits.clone()
     changed[2, 0] += 1e-6
     assert saved("c.pkl", tmp_path / "one" / "teacher", changed) != first
+
+
+def test_paired_ratio_gives_the_geometric_mean_and_a_t_interval():
+    # b / a per pair: 2, 2, 2 -> a point interval at 2, above 1
+    assert paired_ratio([1, 2, 3], [2, 4, 6]) == pytest.approx(
+        {"ratio": 2, "low": 2, "high": 2, "verdict": "faster", "pairs": 3, "min": 2, "max": 2})
+    # ratios 1/2, 1/2, 1/2: slower; ratios 2 and 1/2 and 1: log mean 0, not decided
+    assert paired_ratio([2, 2, 2], [1, 1, 1])["verdict"] == "slower"
+    mixed = paired_ratio([1, 2, 1], [2, 1, 1])
+    assert mixed["verdict"] == "not decided" and mixed["ratio"] == pytest.approx(1)
+    # log ratios 0, 0.1, 0.2: mean 0.1, sd 0.1, interval 0.1 -+ t(0.975, 2) * 0.1 / sqrt(3)
+    r = paired_ratio([1, 1, 1], [1, math.exp(0.1), math.exp(0.2)])
+    half = 4.302653 * 0.1 / math.sqrt(3)
+    assert (r["low"], r["high"]) == pytest.approx((math.exp(0.1 - half), math.exp(0.1 + half)))
+    assert r["verdict"] == "not decided"
+    with pytest.raises(ValueError, match="at least 3 pairs"):
+        paired_ratio([1, 1], [1, 1])

@@ -190,6 +190,36 @@ def test_packing_takes_batches_with_enough_padding_and_keeps_the_output_shapes()
     assert all(h.shape == (2, 6, 32) for h in out.encoded_layers)
 
 
+@pytest.mark.parametrize("train", [True, False])
+def test_packing_bench_times_padded_and_packed_in_alternating_rounds(monkeypatch, train):
+    """bench/packing.py: a warm-up batch each, then rounds that alternate which goes first, so
+    neither side always runs on a warmer machine; the ratio is padded / packed."""
+    bench = _load_bench("packing")
+    torch.manual_seed(3)
+    model = build_classifier(BertConfig(**TINY), 2, "Original")
+    features = tiny_features(seed=3)
+    batches = train_batches(len(features), 8, torch.Generator().manual_seed(0))[:2]
+    real, calls = bench.seconds_per_step, []
+
+    def spy(model_, features_, batches_, opt, min_padding):
+        calls.append((min_padding, len(batches_), opt is None, model_.training))
+        real(model_, features_, batches_, opt, min_padding)  # the real step runs too
+        # padded takes twice packed's time, times a drift that grows with each call
+        return {None: 2.0, 0.0: 1.0}[min_padding] * (1 + 0.01 * len(calls))
+
+    monkeypatch.setattr(bench, "seconds_per_step", spy)
+    with packing(modeling.PACK_MIN_PADDING):  # the bench sets the module's threshold
+        r = bench.measure_setting(model, features, batches, train, reps=3)
+    assert [c[0] for c in calls] == [None, 0.0, None, 0.0, 0.0, None, None, 0.0]
+    assert [c[1] for c in calls] == [1, 1, 2, 2, 2, 2, 2, 2]
+    assert all(c[2] is (not train) and c[3] is train for c in calls)
+    assert 1.9 < r["ratio"] < 2.1 and r["low"] > 1 and r["verdict"] == "faster"
+    assert r["padded_s"] == pytest.approx(2 * 1.06) and r["packed_s"] == pytest.approx(1.05)
+    assert len(r["rounds"]) == 3
+    with pytest.raises(SystemExit, match="--reps 2"):
+        bench.main(["--reps", "2"])
+
+
 @pytest.mark.parametrize("model_type", ["Original", "SPS"])
 @pytest.mark.parametrize("multiple", [8, 16])
 def test_padding_to_a_multiple_gives_the_same_logits(model_type, multiple):
@@ -838,24 +868,6 @@ def test_gpu_step_target_is_ours_over_transformers_eager_at_fixed_length():
     assert gpu["value"] == 2.5 and gpu["threshold"] == 2.0 and gpu["pass"]
     assert not any("GPU step" in t["target"] for t in evaluate_targets(
         cfgs, peaks, "bf16", "bf16", gpu=False)[1])
-
-
-def test_paired_ratio_gives_the_geometric_mean_and_a_t_interval():
-    paired_ratio = _load_bench("paired_ratio").paired_ratio
-    # theirs / ours per pair: 2, 2, 2 -> a point interval at 2, above 1
-    assert paired_ratio([1, 2, 3], [2, 4, 6]) == pytest.approx(
-        {"ratio": 2, "low": 2, "high": 2, "verdict": "faster", "pairs": 3, "min": 2, "max": 2})
-    # ratios 1/2, 1/2, 1/2: slower; ratios 2 and 1/2 and 1: log mean 0, not decided
-    assert paired_ratio([2, 2, 2], [1, 1, 1])["verdict"] == "slower"
-    mixed = paired_ratio([1, 2, 1], [2, 1, 1])
-    assert mixed["verdict"] == "not decided" and mixed["ratio"] == pytest.approx(1)
-    # log ratios 0, 0.1, 0.2: mean 0.1, sd 0.1, interval 0.1 -+ t(0.975, 2) * 0.1 / sqrt(3)
-    r = paired_ratio([1, 1, 1], [1, math.exp(0.1), math.exp(0.2)])
-    half = 4.302653 * 0.1 / math.sqrt(3)
-    assert (r["low"], r["high"]) == pytest.approx((math.exp(0.1 - half), math.exp(0.1 + half)))
-    assert r["verdict"] == "not decided"
-    with pytest.raises(ValueError, match="at least 3 pairs"):
-        paired_ratio([1, 1], [1, 1])
 
 
 @pytest.mark.parametrize("amp", ["fp32", "bf16"])

@@ -1,5 +1,6 @@
-"""The paper's claims as paired comparisons over seeds, with a t interval computed here (the
-project does not depend on scipy)."""
+"""Paired comparisons with a t interval computed here (the project does not depend on scipy):
+the paper's claims over seeds, and speed ratios over timed pairs (bench/paired_ratio.py,
+bench/packing.py)."""
 import math
 from dataclasses import dataclass
 
@@ -125,3 +126,24 @@ def compare_claims(scores):
     """The CLAIMS rows whose two variants both ran. scores: {variant: {seed: score}}."""
     return [paired(scores[a], scores[b], a, b, claim) for a, b, claim in CLAIMS
             if a in scores and b in scores]
+
+
+def paired_ratio(a_seconds, b_seconds, confidence=0.95):
+    """How much faster a runs than b over n >= 3 timed pairs: r_i = b_i / a_i (a's rate over
+    b's; in bench/paired_ratio.py a is ours and b transformers').
+
+    Returns the geometric mean exp(m) and the interval exp(m -+ t(confidence, n - 1) * s /
+    sqrt(n)) of `paired` on the log ratios log r_i = log b_i - log a_i (m their mean, s their
+    sample standard deviation); verdict 'faster' when the interval lies above 1, 'slower' when
+    below, else 'not decided'.
+    """
+    if len(a_seconds) != len(b_seconds) or len(a_seconds) < 3:
+        raise ValueError(f"need at least 3 pairs of timings, got {len(a_seconds)} and "
+                         f"{len(b_seconds)}")
+    logs = [math.log(b / a) for a, b in zip(a_seconds, b_seconds)]
+    c = paired({i: math.log(b) for i, b in enumerate(b_seconds)},
+               {i: math.log(a) for i, a in enumerate(a_seconds)}, level=confidence)
+    low, high = math.exp(c.low), math.exp(c.high)
+    word = "faster" if low > 1 else "slower" if high < 1 else "not decided"
+    return {"ratio": math.exp(c.mean), "low": low, "high": high, "verdict": word,
+            "pairs": c.n, "min": math.exp(min(logs)), "max": math.exp(max(logs))}
