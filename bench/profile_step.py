@@ -165,8 +165,8 @@ def main(argv=None):
         path = "mkl"
     linear_s = sum(totals[k][0] for k in LINEAR_OPS[path] if k in totals) / 1e6 / args.steps
     total_s = sum(us for us, _ in totals.values()) / 1e6 / args.steps
-    # the peak as make bench measures it (fp32: the better of torch.mm and oneDNN; bf16:
-    # torch.mm), square, at two sizes
+    # the peak's backends as make bench's (fp32: the better of torch.mm and oneDNN; bf16:
+    # torch.mm), square; the best of two sizes, where make bench (speed/peak.py) times 4096 only
     cpu, dtype = torch.device("cpu"), AMP_DTYPES[args.amp]
     peak = max(matmul_peak(cpu, dtype, n, reps, Clock("wall", cpu), onednn=onednn)["flops_best"]
                for n, reps in ((args.peak_size // 2, 5), (args.peak_size, 2))
