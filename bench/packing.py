@@ -11,11 +11,10 @@ padded and packed back to back, in alternating order, so load that lasts a round
 its ratio. Each line gives the padding share, the padded / packed seconds per step (medians
 over rounds) and the ratio padded / packed (> 1: packing is faster) with its interval and
 verdict (grid.stats.paired_ratio); the smallest shares show where packing stops paying, which
-sets PACK_MIN_PADDING. `--json` writes the figures and every round's seconds with the CPU's
-name.
+sets PACK_MIN_PADDING. `--json` writes the figures and every round's seconds with the machine
+(linear.machine_key: CPU model, family, flags, torch).
 """
 import argparse
-import platform
 import statistics
 import sys
 import time
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import speed  # noqa: E402,F401  (puts src/ on sys.path)
 import BERT.pytorch_pretrained_bert.modeling as modeling  # noqa: E402
+from BERT.pytorch_pretrained_bert.linear import machine_key  # noqa: E402
 from BERT.pytorch_pretrained_bert import BertAdam, BertTokenizer  # noqa: E402
 from grid.stats import paired_ratio  # noqa: E402
 from speed.workloads import DEFAULT_GLUE, minilm_dir  # noqa: E402
@@ -128,7 +128,8 @@ def main(argv=None):
     torch.manual_seed(0)
     model, _ = build_student(model_dir, 2, args.layers, args.model_type)
     rows = []
-    print(f"{cpu_name()}, {args.threads} thread(s), "
+    machine = machine_key()  # CPU model, family, flags digest, torch, ISA caps
+    print(f"{machine}, {args.threads} thread(s), "
           f"{args.layers}-layer {args.model_type} student of {model_dir.name}, "
           f"{args.reps} rounds of {args.steps} batches")
     print(f"{'batches':<10} {'padding':>8} {'mode':<6} {'padded s':>9} {'packed s':>9} "
@@ -144,21 +145,11 @@ def main(argv=None):
                   f"{r['packed_s']:>9.3f} {r['ratio']:>6.2f} {interval:>15}  {r['verdict']}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        write_json(Path(args.json), {"cpu": cpu_name(), "threads": args.threads,
+        write_json(Path(args.json), {"cpu": machine, "threads": args.threads,
                                      "layers": args.layers, "reps": args.reps,
                                      "steps": args.steps, "torch": torch.__version__,
                                      "rows": rows})
     return rows
-
-
-def cpu_name():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":
