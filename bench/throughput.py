@@ -17,7 +17,8 @@ repeats, for the BERT-base config (12 layers, 768), a 3-layer student and a 3-la
     bf16 and fp16 on CUDA; a few fp32 steps on a CPU).
 The parts live in bench/speed/ (its __init__ lists them); this file parses flags and runs them.
 
-Writes bench/results/throughput.json (git-ignored) and prints a table with PASS/FAIL per target.
+Writes bench/results/throughput.json (git-ignored) and prints a table and a verdict per target:
+PASS, FAIL or not decided, from the repeats' paired interval (speed/report.py).
 """
 import argparse
 import datetime
@@ -64,7 +65,8 @@ def build_parser():
     p.add_argument("--repeats", type=int, default=None,
                    help="timed repeats after one warm-up (default 3; 2 with --quick)")
     p.add_argument("--budget_min", type=float, default=13.0,
-                   help="fewer repeats when the warm-ups say the run would take longer")
+                   help="fewer repeats (never under 3) when the warm-ups say the run would "
+                        "take longer")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--amp", default=None,
                    help="comma list of fp32, bf16, fp16 (torch.amp autocast); default fp32 on "

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -868,6 +869,57 @@ def test_gpu_step_target_is_ours_over_transformers_eager_at_fixed_length():
     assert gpu["value"] == 2.5 and gpu["threshold"] == 2.0 and gpu["pass"]
     assert not any("GPU step" in t["target"] for t in evaluate_targets(
         cfgs, peaks, "bf16", "bf16", gpu=False)[1])
+
+
+def _runs(seconds, samples=32):
+    """A measurement's record as bench/speed/measure.py writes it: median rate and each run."""
+    return {"samples_per_s": statistics.median(samples / s for s in seconds),
+            "runs": [{"seconds": s, "samples": samples} for s in seconds]}
+
+
+def test_bench_time_budget_cuts_repeats_to_no_fewer_than_an_interval_needs():
+    _load_bench()
+    from speed.measure import MIN_PAIRS, repeats_within
+    assert repeats_within(budget_s=400, warm_s=100, wanted=3) == 3  # 4 x 100 s fit
+    assert repeats_within(budget_s=700, warm_s=100, wanted=8) == 6
+    # on a slow day the share fits only one repeat: three run (over budget) so pairs exist
+    assert repeats_within(budget_s=160, warm_s=58, wanted=3) == MIN_PAIRS == 3
+    assert repeats_within(budget_s=10, warm_s=100, wanted=2) == 2  # asked for fewer: kept
+
+
+def test_bench_ratio_targets_decide_from_paired_repeats(capsys):
+    """make bench's ratio targets: a verdict from the repeats' paired interval, "not decided"
+    when it holds the threshold; the point value with fewer than 3 repeats."""
+    _load_bench()
+    from speed.report import paired_target, print_targets
+    drift = [1.0, 2.0, 4.0, 1.5]  # the machine slows and speeds up between repeats
+    ours = _runs(drift)
+
+    def hf(*factors):  # transformers' seconds in the same repeats: ours' ratio is each factor
+        return [d * f for d, f in zip(drift, factors)]
+
+    faster = paired_target("f", ours, _runs(hf(1.10, 1.12, 1.11, 1.10)), 1.0)
+    assert faster["verdict"] == "PASS" and faster["pass"] and faster["pairs"] == 4
+    assert 1.0 < faster["interval"][0] < faster["value"] < faster["interval"][1] < 1.13
+    # the same times paired wrongly (hf's repeats reversed): the drift swamps the ratio
+    wrong = paired_target("w", ours, _runs(hf(1.10, 1.12, 1.11, 1.10)[::-1]), 1.0)
+    assert wrong["verdict"] == "not decided" and wrong["pass"] is None
+    same = paired_target("s", ours, _runs(hf(0.97, 1.03, 1.0, 1.01)), 1.0)
+    assert same["verdict"] == "not decided" and same["interval"][0] < 1 < same["interval"][1]
+    slower = paired_target("l", ours, _runs(hf(0.8, 0.82, 0.79, 0.8)), 1.0)
+    assert slower["verdict"] == "FAIL" and slower["pass"] is False
+    # higher=False (a KD step's time over a plain step's): passes when the interval is <= 1.1
+    kd = paired_target("kd", ours, _runs(hf(1.0, 1.02, 0.99, 1.01)), 1.1, higher=False)
+    assert kd["verdict"] == "PASS" and kd["interval"][1] <= 1.1
+    two = paired_target("2", _runs([1.0, 2.0]), _runs([1.2, 2.4]), 1.0)
+    assert two["verdict"] == "PASS" and two["interval"] is None
+    assert two["value"] == pytest.approx(1.2)
+    assert paired_target("n", ours, None, 1.0)["verdict"] == "n/a"
+    print_targets([faster, same, two])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:2] == ["PASS", "f"] and "[1.0" in lines[0]
+    assert lines[1].startswith("  not decided s ")
+    assert lines[2].split()[:3] == ["PASS", "2", "1.200"]
 
 
 @pytest.mark.parametrize("amp", ["fp32", "bf16"])

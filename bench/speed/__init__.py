@@ -6,7 +6,7 @@
     runners.py    ours and transformers' BERT classifier, each stepped as its users step it
     measure.py    one config's measurements: interleaved repeats, medians
     scripts.py    the scripts' own path: finetune.py on MRPC in a fresh process
-    report.py     targets (PASS/FAIL) and the printed table
+    report.py     targets (PASS / FAIL / not decided, from paired repeats) and the table
 
 Importing the package puts the project's src/ on sys.path (the scripts' import root).
 """

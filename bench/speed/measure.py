@@ -26,6 +26,8 @@ QUICK_SIZE = dict(hidden_size=128, num_attention_heads=2, intermediate_size=512)
 QUICK_LAYERS = {"student3": 2, "sps3": 2, "base": 4}
 # relative cost of a config's measurements, to share the time budget
 COST = {"student3": 1.0, "sps3": 2.0, "base": 1.8}
+# the budget cuts repeats to no fewer: a paired interval (report.py) needs 3 pairs
+MIN_PAIRS = 3
 
 
 def measurement_list(impls, kd):
@@ -69,6 +71,15 @@ def twin_models(name, quick, device):
     torch.manual_seed(0)
     ours_model = build_classifier(config, 2, model_type).to(device)
     return config, model_type, ours_model, hf_twin(ours_model, model_type, 2).to(device)
+
+
+def repeats_within(budget_s, warm_s, wanted):
+    """How many timed repeats fit `budget_s` after a warm-up of `warm_s` (a repeat costs about
+    the warm-up): `wanted` if they fit, else as many as fit but never under MIN_PAIRS (fewer
+    give the targets no interval, only a point to compare), nor more than `wanted`."""
+    if warm_s * (1 + wanted) <= budget_s:  # the warm-up is in the share
+        return wanted
+    return min(wanted, max(MIN_PAIRS, int(budget_s / warm_s) - 1))
 
 
 def bench_config(name, args, device, features, amp, budget_s, clock, log):
@@ -136,10 +147,12 @@ def bench_config(name, args, device, features, amp, budget_s, clock, log):
         start = time.perf_counter()
         one_repeat(0, record=False)  # warm-up: allocator, oneDNN primitives, compilation
         warm = time.perf_counter() - start
-    repeats = args.repeats
-    if not args.quick and warm * (1 + args.repeats) > budget_s:  # the warm-up is in the share
-        repeats = max(1, int(budget_s / warm) - 1)
+    repeats = args.repeats if args.quick else repeats_within(budget_s, warm, args.repeats)
+    if repeats < args.repeats:
         log(f"  ! time budget: {repeats} repeats instead of {args.repeats}")
+    if not args.quick and warm * (1 + repeats) > budget_s:
+        log(f"  ! over the time budget ({budget_s:.0f} s for this config) with {repeats} "
+            f"repeats (at least {MIN_PAIRS} give the targets a paired interval)")
     log(f"  warm-up {warm:.1f} s, then {repeats} repeats")
     for r in range(repeats):
         one_repeat(r, record=True)

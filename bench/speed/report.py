@@ -1,12 +1,24 @@
-"""Targets (PASS/FAIL) and the printed report.
+"""Targets (PASS / FAIL / not decided) and the printed report.
 
 A ratio target compares two rates measured in the same run: ours/transformers on the same
 batches (>= 1), ours on the MRPC mix against transformers' default padding to 128 (>= 1.5), a KD
 or PKD step against a fine-tuning step (<= 1.1x its time), the 3-layer SPS student against the
 12-layer model in inference (>= 1.8); MFU is against the matmul peak measured in the same run
 (peak.py). The scripts' own path (scripts.py) makes its own targets.
+
+Where both sides of a ratio ran in every repeat, next to each other (measure.py: one workload's
+measurements run back to back, their order alternating), the repeats are pairs: the target's
+value is the geometric mean of the per-repeat ratios and its verdict comes from their 95% paired
+interval (grid.stats.paired_ratio): PASS when the whole interval meets the threshold, FAIL when
+none of it does, "not decided" otherwise. A target at exactly transformers' speed, read from 2-3
+repeats that scatter by 15-20% on a VM, passed or failed by chance (bench/README.md); now it says
+"not decided". With fewer than 3 repeats (--quick, or --repeats 1-2: the time budget cuts no
+further than 3), and for MFU and the SPS / 12-layer ratio (different configs, minutes apart: not
+pairs), the verdict compares the point value, as before.
 """
-from .measure import key_of
+from grid.stats import paired_ratio
+
+from .measure import MIN_PAIRS, key_of
 
 TARGETS = {"ours_vs_hf": 1.0, "dynamic_vs_hf_default": 1.5, "kd_step_cost": 1.1,
            "sps_vs_teacher_inference": 1.8, "mfu": 0.80, "gpu_train_vs_hf": 2.0}
@@ -20,11 +32,42 @@ def fmt(x, spec="8.2f"):
     return " " * (len(format(1.0, spec)) - 1) + "-" if x is None else format(x, spec)
 
 
-def target(name, value, threshold, higher=True):
-    """A target record: passes when value >= threshold (<= with higher=False); None: n/a."""
-    ok = None if value is None else (value >= threshold if higher else value <= threshold)
+def target(name, value, threshold, higher=True, interval=None):
+    """A target record. Without `interval` it passes when value >= threshold (<= with
+    higher=False; None: n/a). With interval (low, high) it passes when the whole interval meets
+    the threshold, fails when none of it does, and is "not decided" (pass None) otherwise."""
+    if interval is None:
+        ok = None if value is None else (value >= threshold if higher else value <= threshold)
+        word = {True: "PASS", False: "FAIL", None: "n/a"}[ok]
+    else:
+        low, high = interval
+        meets, misses = (low >= threshold, high < threshold) if higher else (
+            high <= threshold, low > threshold)
+        ok = True if meets else False if misses else None
+        word = {True: "PASS", False: "FAIL", None: "not decided"}[ok]
     return {"target": name, "value": value, "threshold": threshold,
-            "direction": ">=" if higher else "<=", "pass": ok}
+            "direction": ">=" if higher else "<=", "pass": ok, "verdict": word,
+            "interval": None if interval is None else list(interval)}
+
+
+def paired_target(name, a, b, threshold, higher=True, min_pairs=MIN_PAIRS):
+    """The target on rate(a) / rate(b), two measurements of the same repeats.
+
+    a, b: a measurement's record in the JSON (samples_per_s: the median; runs: each repeat's
+    seconds and samples in repeat order, so that run i of a and run i of b ran back to back), or
+    None when it did not run (n/a). With n >= min_pairs pairs in both: value exp(mean_i log
+    r_i), r_i = (samples_a / seconds_a) / (samples_b / seconds_b), and its 95% paired t
+    interval; with fewer, the ratio of the medians and no interval.
+    """
+    if a is None or b is None:
+        return target(name, None, threshold, higher)
+    a_runs, b_runs = a.get("runs") or [], b.get("runs") or []
+    if len(a_runs) != len(b_runs) or len(a_runs) < min_pairs:
+        return target(name, ratio(a["samples_per_s"], b["samples_per_s"]), threshold, higher)
+    r = paired_ratio([x["seconds"] / x["samples"] for x in a_runs],
+                     [x["seconds"] / x["samples"] for x in b_runs])
+    return {**target(name, r["ratio"], threshold, higher, (r["low"], r["high"])),
+            "pairs": r["pairs"]}
 
 
 def samples_per_s(cfg, mode, workload, impl, variant, amp, obj=None):
@@ -34,7 +77,9 @@ def samples_per_s(cfg, mode, workload, impl, variant, amp, obj=None):
 
 
 def evaluate_targets(cfgs, peaks, amp, peak_key, gpu=False):
-    """(table rows, targets with PASS/FAIL); adds each config's MFU figures to `cfgs`.
+    """(table rows, targets with PASS / FAIL / not decided); adds each config's MFU figures to
+    `cfgs`. The table holds ratios of median rates; ratio targets use the repeats as pairs
+    (paired_target).
 
     gpu: also the GPU step target (issue 11): ours trains at 32 x 128 at least 2x transformers'
     eager step (with whatever --compile MODE the run used).
@@ -44,6 +89,9 @@ def evaluate_targets(cfgs, peaks, amp, peak_key, gpu=False):
     def rate(c, mode, workload, impl, variant, obj=None):
         return samples_per_s(cfgs[c], mode, workload, impl, variant, amp, obj)
 
+    def record(c, mode, workload, impl, variant, obj=None):
+        return cfgs[c]["results"].get(key_of(mode, workload, impl, variant, obj, amp))
+
     for c in cfgs:
         for mode in ("train", "infer"):
             f_o = rate(c, mode, "fixed128", "ours", "fixed")
@@ -52,21 +100,25 @@ def evaluate_targets(cfgs, peaks, amp, peak_key, gpu=False):
             d_h = rate(c, mode, "mrpc", "hf", "dynamic")
             d_def = rate(c, mode, "mrpc", "hf", "default")
             rows.append((c, mode, f_o, f_h, d_o, d_h, d_def))
+            fixed = (record(c, mode, "fixed128", "ours", "fixed"),
+                     record(c, mode, "fixed128", "hf", "fixed"))
+            dyn = record(c, mode, "mrpc", "ours", "dynamic")
             targets += [
-                target(f"{c} {mode} fixed128 ours/hf", ratio(f_o, f_h), TARGETS["ours_vs_hf"]),
-                target(f"{c} {mode} mrpc ours/hf (both dynamic)", ratio(d_o, d_h),
-                       TARGETS["ours_vs_hf"]),
-                target(f"{c} {mode} mrpc ours dynamic / hf default pad-128", ratio(d_o, d_def),
-                       TARGETS["dynamic_vs_hf_default"])]
+                paired_target(f"{c} {mode} fixed128 ours/hf", *fixed, TARGETS["ours_vs_hf"]),
+                paired_target(f"{c} {mode} mrpc ours/hf (both dynamic)", dyn,
+                              record(c, mode, "mrpc", "hf", "dynamic"), TARGETS["ours_vs_hf"]),
+                paired_target(f"{c} {mode} mrpc ours dynamic / hf default pad-128", dyn,
+                              record(c, mode, "mrpc", "hf", "default"),
+                              TARGETS["dynamic_vs_hf_default"])]
             if gpu and mode == "train":
-                targets.append(target(f"{c} train fixed128 ours / hf eager (GPU step)",
-                                      ratio(f_o, f_h), TARGETS["gpu_train_vs_hf"]))
-        ft = rate(c, "train", "mrpc", "ours", "dynamic")
+                targets.append(paired_target(f"{c} train fixed128 ours / hf eager (GPU step)",
+                                             *fixed, TARGETS["gpu_train_vs_hf"]))
+        ft = record(c, "train", "mrpc", "ours", "dynamic")
         for obj in ("kd", "pkd"):
-            r = rate(c, "train", "mrpc", "ours", "dynamic", obj)
+            r = record(c, "train", "mrpc", "ours", "dynamic", obj)
             if r is not None:
-                targets.append(target(f"{c} {obj} step time / ft step time", ratio(ft, r),
-                                      TARGETS["kd_step_cost"], higher=False))
+                targets.append(paired_target(f"{c} {obj} step time / ft step time", ft, r,
+                                             TARGETS["kd_step_cost"], higher=False))
     if "sps3" in cfgs and "base" in cfgs:
         for workload, variant in (("fixed128", "fixed"), ("mrpc", "dynamic")):
             targets.append(target(
@@ -104,10 +156,10 @@ def ablation_rows(cfgs, amp):
 
 def print_targets(targets):
     for t in targets:
-        verdict = {True: "PASS", False: "FAIL", None: "n/a "}[t["pass"]]
         value = "-" if t["value"] is None else f"{t['value']:.3f}"
-        print(f"  {verdict}  {t['target']:60s} {value:>7s}  (target {t['direction']} "
-              f"{t['threshold']})")
+        interval = "" if not t.get("interval") else "[{:.3f}, {:.3f}]".format(*t["interval"])
+        print(f"  {t['verdict']:11s} {t['target']:60s} {value:>7s} {interval:16s} (target "
+              f"{t['direction']} {t['threshold']})")
 
 
 def print_report(meta, cfgs, rows, targets, amp, peak_key):
