@@ -1,6 +1,6 @@
 """Training and inference throughput of our BERT against transformers' BERT classifier.
 
-    make bench                       # the full benchmark (about 10 minutes on 2 quiet CPU cores)
+    make bench                       # the full benchmark (7-17 minutes on 2 quiet CPU cores)
     make bench BENCH_ARGS=--quick    # tiny models, one or two batches: checks every code path
     .venv/bin/python bench/throughput.py --help
 
