@@ -144,7 +144,6 @@ def main(argv=None):
             print(f"{name:<10} {share:>8.3f} {mode:<6} {r['padded_s']:>9.3f} "
                   f"{r['packed_s']:>9.3f} {r['ratio']:>6.2f} {interval:>15}  {r['verdict']}")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         write_json(Path(args.json), {"cpu": machine, "threads": args.threads,
                                      "layers": args.layers, "reps": args.reps,
                                      "steps": args.steps, "torch": torch.__version__,

@@ -70,9 +70,14 @@ def paired_target(name, a, b, threshold, higher=True, min_pairs=MIN_PAIRS):
             "pairs": r["pairs"]}
 
 
+def measurement(cfg, mode, workload, impl, variant, amp, obj=None):
+    """One of a config's measurement records (measure.py; None when not measured)."""
+    return cfg["results"].get(key_of(mode, workload, impl, variant, obj, amp))
+
+
 def samples_per_s(cfg, mode, workload, impl, variant, amp, obj=None):
     """The median samples/s of one of a config's measurements (None when not measured)."""
-    r = cfg["results"].get(key_of(mode, workload, impl, variant, obj, amp))
+    r = measurement(cfg, mode, workload, impl, variant, amp, obj)
     return None if r is None else r["samples_per_s"]
 
 
@@ -90,7 +95,7 @@ def evaluate_targets(cfgs, peaks, amp, peak_key, gpu=False):
         return samples_per_s(cfgs[c], mode, workload, impl, variant, amp, obj)
 
     def record(c, mode, workload, impl, variant, obj=None):
-        return cfgs[c]["results"].get(key_of(mode, workload, impl, variant, obj, amp))
+        return measurement(cfgs[c], mode, workload, impl, variant, amp, obj)
 
     for c in cfgs:
         for mode in ("train", "infer"):
