@@ -32,7 +32,8 @@ from BERT.pytorch_pretrained_bert import BertConfig  # noqa: E402
 from BERT.pytorch_pretrained_bert.modeling import BertForSequenceClassification  # noqa: E402
 # the benchmark's model step, batch, FLOP count and peak
 from speed.machine import Clock  # noqa: E402
-from speed.peak import forward_flops, matmul_peak  # noqa: E402
+from speed.peak import (PEAK_REPS, PEAK_SIZE, cpu_fp32_peaks, forward_flops,  # noqa: E402
+                        matmul_peak)
 from speed.runners import AMP_DTYPES, Ours  # noqa: E402
 from speed.workloads import FIXED_LEN, fixed_batch  # noqa: E402
 from utils.args import add_compile_arg  # noqa: E402
@@ -63,8 +64,8 @@ def build_parser():
     add_compile_arg(p)
     p.add_argument("--linear", default="auto", choices=fast_linear.PATHS,
                    help="the CPU Linear path (as PEAKD_LINEAR; auto: measured, linear.py)")
-    p.add_argument("--peak_size", type=int, default=4096,
-                   help="largest square matmul timed for the peak (and half of it)")
+    p.add_argument("--peak_size", type=int, default=PEAK_SIZE["cpu"],
+                   help="square matmul size timed for the peak (default make bench's)")
     return p
 
 
@@ -165,15 +166,17 @@ def main(argv=None):
         path = "mkl"
     linear_s = sum(totals[k][0] for k in LINEAR_OPS[path] if k in totals) / 1e6 / args.steps
     total_s = sum(us for us, _ in totals.values()) / 1e6 / args.steps
-    # the peak's backends as make bench's (fp32: the better of torch.mm and oneDNN; bf16:
-    # torch.mm), square; the best of two sizes, where make bench (speed/peak.py) times 4096 only
-    cpu, dtype = torch.device("cpu"), AMP_DTYPES[args.amp]
-    peak = max(matmul_peak(cpu, dtype, n, reps, Clock("wall", cpu), onednn=onednn)["flops_best"]
-               for n, reps in ((args.peak_size // 2, 5), (args.peak_size, 2))
-               for onednn in ((False, True) if args.amp == "fp32" else (False,)))
+    # the peak as make bench measures it (speed/peak.py): fp32 the better of torch.mm and oneDNN,
+    # bf16 torch.mm
+    cpu, clock = torch.device("cpu"), Clock("wall", torch.device("cpu"))
+    if args.amp == "fp32":
+        peak = cpu_fp32_peaks(cpu, args.peak_size, PEAK_REPS, clock)["fp32_best"]["flops_best"]
+    else:
+        peak = matmul_peak(cpu, torch.bfloat16, args.peak_size, PEAK_REPS, clock)["flops_best"]
+    dtype = AMP_DTYPES[args.amp]
     alone = linear_shapes_rate(tokens, h, i, path, dtype)
     print(f"{args.amp} peak ({'best of torch.mm and oneDNN' if args.amp == 'fp32' else 'torch.mm'}"
-          f", square, {args.threads} thread(s)): {peak / 1e9:.1f} GFLOP/s")
+          f", {args.peak_size} square, {args.threads} thread(s)): {peak / 1e9:.1f} GFLOP/s")
     rate = model_flops / step
     print(f"step (median of {PLAIN_STEPS} unprofiled): {step:.2f} s, {rate / 1e9:.1f} GFLOP/s = "
           f"MFU {rate / peak:.2f}")

@@ -39,20 +39,33 @@ def matmul_peak(device, dtype, n, reps, clock, onednn=False):
             "backend": "oneDNN" if onednn else "torch.mm"}
 
 
-def measure_peaks(device, args, clock, amps):
-    n = 1024 if args.quick else (8192 if device.type == "cuda" else 4096)
-    reps = 3 if args.quick else 5
+# the square size and repeats of a peak (make bench and bench/profile_step.py alike, so their
+# MFU figures share one denominator)
+PEAK_SIZE = {"cpu": 4096, "cuda": 8192}
+PEAK_REPS = 5
+
+
+def cpu_fp32_peaks(device, n, reps, clock):
+    """{"fp32": torch.mm, "fp32_onednn": oneDNN (absent without it), "fp32_best": the faster}.
+
+    The Linear layers take the faster library (linear.py): MFU against the slower one could pass
+    100%, so MFU targets use fp32_best."""
     peaks = {"fp32": matmul_peak(device, torch.float32, n, reps, clock)}
+    with contextlib.suppress(Exception):  # a torch build without oneDNN
+        peaks["fp32_onednn"] = matmul_peak(device, torch.float32, n, reps, clock, onednn=True)
+    peaks["fp32_best"] = max(peaks.values(), key=lambda p: p["flops_best"])
+    return peaks
+
+
+def measure_peaks(device, args, clock, amps):
+    n = 1024 if args.quick else PEAK_SIZE[device.type]
+    reps = 3 if args.quick else PEAK_REPS
     if device.type == "cpu":
-        with contextlib.suppress(Exception):  # a torch build without oneDNN
-            peaks["fp32_onednn"] = matmul_peak(device, torch.float32, n, reps, clock, onednn=True)
-        # the Linear layers take the faster library (linear.py): MFU against the slower one
-        # could pass 100%, so targets use the best
-        peaks["fp32_best"] = max(peaks.values(), key=lambda p: p["flops_best"])
+        peaks = cpu_fp32_peaks(device, n, reps, clock)
         if "bf16" in amps:
             peaks["bf16"] = matmul_peak(device, torch.bfloat16, n, reps, clock)
     else:
-        peaks["bf16"] = matmul_peak(device, torch.bfloat16, n, reps, clock)
-        peaks["fp16"] = matmul_peak(device, torch.float16, n, reps, clock)
+        peaks = {"fp32": matmul_peak(device, torch.float32, n, reps, clock),
+                 "bf16": matmul_peak(device, torch.bfloat16, n, reps, clock),
+                 "fp16": matmul_peak(device, torch.float16, n, reps, clock)}
     return peaks
-
