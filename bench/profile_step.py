@@ -168,12 +168,12 @@ def main(argv=None):
     total_s = sum(us for us, _ in totals.values()) / 1e6 / args.steps
     # the peak as make bench measures it (speed/peak.py): fp32 the better of torch.mm and oneDNN,
     # bf16 torch.mm
-    cpu, clock = torch.device("cpu"), Clock("wall", torch.device("cpu"))
+    cpu, dtype = torch.device("cpu"), AMP_DTYPES[args.amp]
+    clock = Clock("wall", cpu)
     if args.amp == "fp32":
         peak = cpu_fp32_peaks(cpu, args.peak_size, PEAK_REPS, clock)["fp32_best"]["flops_best"]
     else:
-        peak = matmul_peak(cpu, torch.bfloat16, args.peak_size, PEAK_REPS, clock)["flops_best"]
-    dtype = AMP_DTYPES[args.amp]
+        peak = matmul_peak(cpu, dtype, args.peak_size, PEAK_REPS, clock)["flops_best"]
     alone = linear_shapes_rate(tokens, h, i, path, dtype)
     print(f"{args.amp} peak ({'best of torch.mm and oneDNN' if args.amp == 'fp32' else 'torch.mm'}"
           f", {args.peak_size} square, {args.threads} thread(s)): {peak / 1e9:.1f} GFLOP/s")
