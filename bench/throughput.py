@@ -137,8 +137,8 @@ def machine_meta(args, device, amps):
         "notes": [
             "fixed128: random ids, 128 real tokens per row (no padding)",
             "mrpc: GLUE MRPC dev; training batches shuffled (seed 0), inference batches "
-            "length-grouped (as src/utils/train.py evaluates), each padded to its own longest "
-            "row (rounded up to utils.train.PAD_MULTIPLE of the device); hf default pads every "
+            "length-grouped (as src/utils/evaluation.py runs them), each padded to its own longest "
+            "row (rounded up to utils.device.PAD_MULTIPLE of the device); hf default pads every "
             "row to 128 (timed on one full batch: all cost the same)",
             "ours: BertAdam as src/utils/train.py; hf: clip_grad_norm_(1.0) + AdamW, as the "
             "transformers Trainer steps",

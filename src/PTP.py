@@ -13,11 +13,12 @@ from utils.args import (add_model_args, add_output_args, add_ptp_args, add_task_
                         add_teacher_file_args, add_train_args, check_common, new_parser)
 from utils.errors import PeakdError
 from utils.glue import get_task
+from utils.losses import task_loss
 from utils.pipeline import (load_teacher, prepare_student, report_training, run_cli,
                             start_run)
 from utils.ptp import (PTP_LABEL_NAMES, PTP_NUM_LABELS, parse_thresholds_flag, relabel_splits,
                        resolve_thresholds)
-from utils.train import task_loss, train
+from utils.train import train
 
 
 def build_parser():

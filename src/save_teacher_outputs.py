@@ -11,14 +11,15 @@ from pathlib import Path
 
 from utils import teacher_outputs
 from utils.args import add_task_args, check_positive, new_parser, task_output_dir
+from utils.device import autocast, pick_device
 from utils.errors import PeakdError
+from utils.evaluation import collect_outputs, score
 from utils.features import examples_fingerprint
 from utils.glue import get_task
 from utils.modeling import effective_layers, load_tokenizer, load_trained_run
 from utils.paths import check_dir, check_writable_dir
 from utils.pipeline import check_data_dir, check_lengths, load_splits, run_cli
 from utils.summary import metrics_text, print_summary
-from utils.train import autocast, collect_outputs, pick_device, score
 
 
 def build_parser():

@@ -17,7 +17,7 @@ from helpers import SRC, expect_error, load_script, train_args, tree_digest
 from utils import pipeline
 from utils.modeling import load_tokenizer, load_trained_run
 from utils.pipeline import load_splits
-from utils.train import predict
+from utils.evaluation import predict
 
 FINETUNE = load_script("finetune")
 SAVE_TEACHER_OUTPUTS = load_script("save_teacher_outputs")

@@ -25,7 +25,8 @@ import BERT.pytorch_pretrained_bert.modeling as modeling
 from BERT.pytorch_pretrained_bert import BertAdam, BertConfig
 from utils.errors import PeakdError
 from utils.features import Features, eval_batches, train_batches
-from utils.train import collect_outputs, pad_multiple
+from utils.device import pad_multiple
+from utils.evaluation import collect_outputs
 from utils.modeling import build_classifier
 
 TINY = dict(vocab_size_or_config_json_file=99, hidden_size=32, num_hidden_layers=2,
@@ -624,18 +625,18 @@ def test_the_bf16_probe_times_one_library_in_both_dtypes_without_touching_the_gl
 
 @pytest.fixture
 def bf16_probe(monkeypatch):
-    """utils.train.warn_slow_bf16 with a fake slowdown (set .value), measured anew per test."""
-    import utils.train as train
+    """utils.device.warn_slow_bf16 with a fake slowdown (set .value), measured anew per test."""
+    import utils.device as device
     fake = argparse.Namespace(value=1.0, calls=0)
 
     def slowdown():
         fake.calls += 1
         return fake.value
 
-    monkeypatch.setattr(train, "bf16_slowdown", slowdown)
-    train.warn_slow_bf16.cache_clear()
+    monkeypatch.setattr(device, "bf16_slowdown", slowdown)
+    device.warn_slow_bf16.cache_clear()
     yield fake
-    train.warn_slow_bf16.cache_clear()
+    device.warn_slow_bf16.cache_clear()
 
 
 @pytest.mark.parametrize("slowdown, warned", [(17.0, True), (0.4, False)])
@@ -643,7 +644,7 @@ def test_bf16_on_a_cpu_whose_bf16_matmuls_are_slow_warns_once_and_stays_on(
         bf16_probe, capsys, slowdown, warned):
     """On an AVX2-only EPYC bf16 Linears took 17x fp32's time (linear.BF16_PROBE_SHAPE): --bf16
     says so in one line, once per process, and still runs in bf16 (an explicit flag wins)."""
-    from utils.train import autocast
+    from utils.device import autocast
     bf16_probe.value = slowdown
     args = argparse.Namespace(fp16=False, bf16=True)
     for _ in range(2):
@@ -661,14 +662,14 @@ def test_bf16_on_a_cpu_whose_bf16_matmuls_are_slow_warns_once_and_stays_on(
 
 
 def test_fp32_runs_no_bf16_probe(bf16_probe):
-    from utils.train import autocast
+    from utils.device import autocast
     with autocast(argparse.Namespace(fp16=False, bf16=False), torch.device("cpu")):
         assert not torch.is_autocast_enabled("cpu")
     assert bf16_probe.calls == 0
 
 
 def test_a_bad_linear_path_is_a_one_line_error(fresh_choice):
-    from utils.train import pick_device
+    from utils.device import pick_device
     fresh_choice.setenv(fast_linear.ENV_VAR, "blas")
     with pytest.raises(ValueError, match="PEAKD_LINEAR=blas: use one of auto, onednn, mkl"):
         fast_linear.linear(torch.randn(2, 4), torch.randn(3, 4))

@@ -20,7 +20,7 @@ from utils.allocator import keep_freed_memory
 from utils.args import apply_presets
 from utils.distill import build_objective
 from utils.glue import get_task
-from utils.train import compile_forward
+from utils.device import compile_forward
 
 TEACHER_LAYERS = 12  # the depth of the teacher whose outputs KD and PKD steps read
 

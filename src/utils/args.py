@@ -99,7 +99,7 @@ def add_task_args(parser, max_seq_length=128):
                    help="pad every batch to --max_seq_length instead of its longest sequence")
     g.add_argument("--pad_to_multiple_of", type=int, default=None,
                    help="round each batch's length up to a multiple of this, so that few "
-                        "shapes occur (default: 8 on CUDA, 1 on the CPU; utils/train.py)")
+                        "shapes occur (default: 8 on CUDA, 1 on the CPU; utils/device.py)")
     g.add_argument("--no_cuda", action="store_true", help="run on the CPU even if CUDA is there")
     g.add_argument("--fp16", action="store_true", help="fp16 autocast and grad scaling (CUDA)")
     g.add_argument("--bf16", action="store_true",

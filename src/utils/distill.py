@@ -7,7 +7,7 @@ import torch
 
 from .errors import PeakdError, warn
 from .losses import kd_loss, patience_loss, regression_kd_loss, resolve_fc_layer_idx
-from .train import task_loss
+from .losses import task_loss
 
 
 def build_objective(args, task, model, teacher_train=None, device="cpu"):

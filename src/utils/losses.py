@@ -1,4 +1,4 @@
-"""Distillation losses and the PKD layer pairing: pure functions, no state.
+"""The task loss, distillation losses and the PKD layer pairing: pure functions, no state.
 
 The losses and presets per --train_type are listed in README: Training types and presets.
 
@@ -13,6 +13,24 @@ import torch
 import torch.nn.functional as F
 
 from utils.errors import PeakdError
+
+
+def task_loss(logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> torch.Tensor:
+    """The task's own loss on gold labels, computed in fp32 (also under autocast).
+
+        classification: CE(s, y) = -(1 / B) * sum_b log softmax(s)[b, y_b]
+        regression:     MSE(s, y) = (1 / B) * sum_b (s[b] - y[b])^2
+
+    Args:
+        logits: (B, C) class scores, or (B, 1) regression scores.
+        labels: (B,) int64 class ids, or (B,) float gold scores.
+        regression: True for a regression task (STS-B).
+
+    Returns: 0-d fp32 tensor.
+    """
+    if regression:
+        return F.mse_loss(logits.view(-1).float(), labels.float())
+    return F.cross_entropy(logits.float(), labels)
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None,

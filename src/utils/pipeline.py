@@ -8,8 +8,10 @@ from BERT.pytorch_pretrained_bert.tokenization import TOKENIZER_CONFIG_NAME, VOC
 
 from .args import apply_presets, check_common, task_output_dir
 from .checkpoints import write_json
+from .device import autocast, pick_device, set_seed
 from .distill import build_objective
 from .errors import Interrupted, PeakdError, warn
+from .evaluation import predict
 from .features import cached_features, convert_examples_to_features, examples_fingerprint
 from .glue import get_task
 from .modeling import build_student, load_tokenizer, resolve_bert_model
@@ -17,7 +19,7 @@ from .paths import check_dir, check_file, check_writable_dir
 from .runs import check_resume_args, prepare_output_dir, run_file, write_args
 from .summary import print_summary, training_lines
 from . import parallel, teacher_outputs
-from .train import autocast, pick_device, predict, set_seed, train
+from .train import train
 
 
 def run_cli(parser, fn, argv=None):

@@ -1,4 +1,5 @@
-"""The training loop and evaluation shared by finetune.py, PTP.py and finetune_ER.py.
+"""The training loop shared by finetune.py, PTP.py and finetune_ER.py (evaluation: evaluation.py;
+device, precision and padding: device.py).
 
 BertAdam owns the learning-rate schedule (applied once). Training batches are shuffled by a seeded
 generator and padded to their own longest sequence; evaluation runs in length-grouped batches and
@@ -16,7 +17,6 @@ rank 0 evaluates and writes.
 """
 import contextlib
 import dataclasses
-import functools
 import math
 import sys
 import time
@@ -24,21 +24,18 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from BERT.pytorch_pretrained_bert import BertAdam, count_parameters
-from BERT.pytorch_pretrained_bert.linear import (bf16_slowdown, machine_key, requested_path as
-                                                 requested_linear_path,
-                                                 used_paths as used_linear_paths)
+from BERT.pytorch_pretrained_bert.linear import machine_key, used_paths as used_linear_paths
 
 from . import parallel
 from .allocator import keep_freed_memory
-from .args import CUDA_GRAPH_MODES
 from .checkpoints import atomic_torch_save, safe_torch_load, save_model_checkpoint, write_json
-from .errors import Interrupted, PeakdError, warn
-from .features import eval_batches, train_batches
-from .metrics import metrics_for
+from .device import autocast, compile_forward, pad_multiple, pick_device, to_device
+from .errors import Interrupted, PeakdError
+from .evaluation import evaluate
+from .features import train_batches
 from .modeling import effective_layers
 from .runs import RESULTS_FILE, RESUME_FILE, CsvLog, code_version, run_file
 
@@ -46,144 +43,6 @@ TRAIN_LOG, EVAL_LOG = "train_log.csv", "eval_log.csv"
 LOG_FILES = (TRAIN_LOG, EVAL_LOG)
 # bumped when the layout of resume_state.pkl changes, so an old file is refused, not misread
 RESUME_FORMAT = 1
-
-
-def set_seed(seed):
-    """Seeds torch's global generator (weight init of new heads, dropout)."""
-    torch.manual_seed(seed)
-
-
-def pick_device(args):
-    """This process's GPU (under torchrun the one of its LOCAL_RANK), or the CPU.
-
-    Also checks $PEAKD_LINEAR (the CPU Linear path) here, before any work, so that a bad value
-    is a one-line error rather than a traceback from the first forward; on the CPU, makes malloc
-    reuse the steps' large blocks (utils/allocator.py).
-    """
-    try:
-        requested_linear_path()
-    except ValueError as e:
-        raise PeakdError(str(e)) from None
-    if torch.cuda.is_available() and not args.no_cuda:
-        return torch.device("cuda", parallel.local_rank())
-    keep_freed_memory()
-    return torch.device("cpu")
-
-
-def autocast(args, device):
-    """torch.amp autocast for --fp16 (CUDA) / --bf16; a no-op context in fp32."""
-    if args.fp16:
-        if device.type != "cuda":
-            raise PeakdError("--fp16 needs a CUDA GPU; drop it (or use --bf16) on the CPU")
-        return torch.autocast("cuda", dtype=torch.float16)
-    if args.bf16:
-        if device.type == "cpu":
-            warn_slow_bf16()
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-# --bf16 on a CPU warns where bf16 Linears take at least this multiple of fp32's time: there the
-# run is slower, not faster (figures at linear.BF16_PROBE_SHAPE and in bench/README.md).
-BF16_WARN_SLOWDOWN = 2.0
-
-
-@functools.cache
-def warn_slow_bf16():
-    """Once per process: one warning line where this CPU's bf16 matmuls are slow (bf16_slowdown);
-    returns the measured slowdown. --bf16 stays on: the flag is the user's choice."""
-    slowdown = bf16_slowdown()
-    if slowdown >= BF16_WARN_SLOWDOWN:
-        warn(f"--bf16: bf16 matrix multiplies take {slowdown:.0f}x fp32's time on this CPU "
-             f"(torch CPU capability {torch.backends.cpu.get_cpu_capability()}, no fast bf16 "
-             f"kernels), so this run will be slower than in fp32, not faster; drop --bf16 to "
-             f"run in fp32")
-    return slowdown
-
-
-# Each batch's length is rounded up to a multiple of this (--pad_to_multiple_of overrides it).
-# On CUDA every new shape costs once: kernel selection and, for fp16/bf16 attention, a new
-# cuDNN graph per sequence length (issue 11: 54 MRPC batches of new lengths took 6.2 s in fp16
-# the first time and 0.25 s the second on one H100; modeling.CUDA_SDPA_BACKENDS leaves cuDNN
-# out). Multiples of 8 leave at most 16 lengths up to 128 at +3.5 padded tokens per row on
-# average. On the CPU each padded token costs its share of the step and shapes cost nothing,
-# so batches stay at their own length (and fp32 CPU results exactly as before).
-PAD_MULTIPLE = {"cuda": 8, "cpu": 1}
-
-
-def pad_multiple(requested, device):
-    """--pad_to_multiple_of, or PAD_MULTIPLE's default for the device."""
-    if requested is None:
-        return PAD_MULTIPLE.get(device.type, 1)
-    if requested < 1:
-        raise PeakdError(f"--pad_to_multiple_of {requested} must be >= 1")
-    return requested
-
-
-def compile_forward(module, mode, device):
-    """(forward, graphs): torch.compile(module, mode) or module itself for mode None; graphs
-    says CUDA graphs replay it, so each step must be marked as a new one
-    (torch.compiler.cudagraph_mark_step_begin): the last step's outputs are no longer read."""
-    forward = torch.compile(module, mode=mode) if mode else module
-    return forward, mode in CUDA_GRAPH_MODES and device.type == "cuda"
-
-
-def to_device(batch, device):
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-
-
-def task_loss(logits, labels, regression):
-    """CE on class ids (B, C) x (B,), or MSE of (B, 1) scores to (B,) gold scores."""
-    if regression:
-        return F.mse_loss(logits.view(-1).float(), labels.float())
-    return F.cross_entropy(logits.float(), labels)
-
-
-@torch.no_grad()
-def collect_outputs(model, features, batch_size, device, amp, pad_to_max=False,
-                    layer_cls=False, multiple=None):
-    """{"logits": (N, C), "pooled": (N, H)[, "layer_cls": (N, L, H)]} in file order.
-
-    Runs length-grouped batches, each padded to a multiple of `multiple` (None: the device's
-    PAD_MULTIPLE); `layer_cls` adds every effective layer's [CLS] vector.
-    """
-    model.eval()
-    out = {}
-    multiple = pad_multiple(multiple, device)
-    for index in eval_batches(features.lengths, batch_size):
-        batch = to_device(features.batch(index, pad_to_max, multiple), device)
-        with amp:
-            res = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
-                        output_all_encoded_layers=layer_cls)
-        parts = {"logits": res.logits, "pooled": res.pooled_output}
-        if layer_cls:
-            parts["layer_cls"] = torch.stack([h[:, 0] for h in res.encoded_layers], dim=1)
-        for name, value in parts.items():
-            if name not in out:
-                out[name] = torch.empty(len(features), *value.shape[1:], device=device)
-            out[name][batch["index"]] = value.float()
-    return {name: value.cpu() for name, value in out.items()}
-
-
-def predict(model, features, batch_size, device, amp, pad_to_max=False, multiple=None):
-    """Logits (N, C) in file order."""
-    return collect_outputs(model, features, batch_size, device, amp, pad_to_max,
-                           multiple=multiple)["logits"]
-
-
-def score(task, logits, labels):
-    """The task's metrics and `loss` of logits (N, C) against gold labels (N,)."""
-    regression = task.output_mode == "regression"
-    preds = logits.view(-1) if regression else logits.argmax(-1)
-    metrics = metrics_for(task.metric_names, preds.numpy(), labels.numpy())
-    metrics["loss"] = task_loss(logits, labels, regression).item()
-    return metrics
-
-
-def evaluate(model, features, task, batch_size, device, amp, pad_to_max=False, multiple=None):
-    """(metrics dict incl. `loss`, logits (N, C)) on a labelled split."""
-    logits = predict(model, features, batch_size, device, amp, pad_to_max, multiple)
-    return score(task, logits, features.labels), logits
 
 
 def make_optimizer(model, args, t_total):
