@@ -37,7 +37,7 @@ bench: $(VENV)/.installed-bench
 
 # The paper's ordering on one task: teacher, teacher outputs, 7 student variants x seeds, then
 # results.csv/.md/.png in WORK (bench/README.md). Extra flags of bench/reproduce.py: REPRODUCE_ARGS,
-# e.g. REPRODUCE_ARGS="--protocol quick --seeds 1,2,3 --jobs 2" (default protocol: authors).
+# e.g. REPRODUCE_ARGS="--protocol quick --seeds 1,2,3 --jobs 2" (default protocol: authors_hparams).
 DATA ?= ../shared/glue_data
 # BERT defaults to the all-MiniLM-L6-v2 copy that .installed-test puts into the venv; it is looked
 # up when the recipe runs, since on a fresh clone the venv does not exist when make starts

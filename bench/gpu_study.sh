@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 10's study on a lent GPU in one or two runs of the device tool: the reproduction grids at
-# the authors' protocol (bench/reproduce.py --protocol authors) for MRPC and CoLA, 5 seeds each,
+# the authors' protocol (bench/reproduce.py --protocol authors_hparams) for MRPC and CoLA, 5 seeds each,
 # side by side on the one GPU. On this project's 2-core CPU the same grids take 13+ hours; on an
 # H100 a one-seed grid took about 3 minutes, mostly per-stage start-up, and six grids shared the GPU
 # without trouble (../shared/GPU.md). Prepare once here:
@@ -66,7 +66,7 @@ pids=() ; i=0
 for task in $TASKS; do
     mkdir -p "$WORK/$task"
     cmd=("$PY" bench/reproduce.py --task "$task" --bert_model "$BERT" --data_dir "$DATA"
-         --work_dir "$WORK/$task" --protocol authors --jobs "$JOBS" --no_plot "${GRID[@]}"
+         --work_dir "$WORK/$task" --protocol authors_hparams --jobs "$JOBS" --no_plot "${GRID[@]}"
          ${GRID_ARGS:-})
     log "START $task on cpus ${CPUS[$i]}: ${cmd[*]}"
     timeout --signal=INT --kill-after=20 $((BUDGET - SECONDS)) \
@@ -77,7 +77,7 @@ for p in "${pids[@]}"; do wait "$p"; log "grid pid $p exit $?"; done
 
 for task in $TASKS; do
     "$PY" bench/reproduce.py --task "$task" --bert_model "$BERT" --data_dir "$DATA" \
-        --work_dir "$WORK/$task" --protocol authors "${GRID[@]}" ${GRID_ARGS:-} --report_only \
+        --work_dir "$WORK/$task" --protocol authors_hparams "${GRID[@]}" ${GRID_ARGS:-} --report_only \
         > /dev/null 2>> "$LOG"
     log "$task: $(sed -n 5p "$WORK/$task/results.md" 2>/dev/null)"
     mkdir -p "$OUT/$task"

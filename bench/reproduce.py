@@ -1,12 +1,12 @@
 """Checks the paper's ordering on your task and model: one teacher, then every student variant
 over several seeds, with the project's own scripts; results tables and a chart at the end.
 
-    python bench/reproduce.py --task MRPC --bert_model DIR --data_dir ../shared/glue_data \
-        --work_dir bench/results/reproduce-MRPC --protocol authors --jobs 2
+    python bench/reproduce.py --task MRPC --bert_model DIR --data_dir GLUE_DIR \
+        --work_dir bench/results/reproduce-MRPC --protocol authors_hparams --jobs 2
 
 Variants: ft, kd, pkd (plain k-layer students), sps_no_shuffle_pkd, sps_pkd (SPS students),
 ptp_pkd, ptp_sps_pkd (PTP start point, then PKD). `--protocol` picks named settings
-(grid/protocols.py: `authors`, the default, or `quick`); a flag given explicitly wins. Each
+(grid/protocols.py: `authors_hparams`, the default, `authors_exact` or `quick`); a flag given explicitly wins. Each
 finished stage records the settings that made it (grid_stage.json): a repeated command skips
 finished stages and continues an interrupted one from its last epoch (--resume), and a command
 with other settings in the same work folder is refused. `--report_only` writes the tables from
@@ -17,7 +17,6 @@ in a folder that outlives the machine and restores them into a new work folder (
 Writes results.csv (one row per run), results.md (mean ± std per variant, the paper's claims as
 paired comparisons over seeds, PTP label counts) and results.png (matplotlib, optional).
 """
-import argparse
 import sys
 from pathlib import Path
 
@@ -29,27 +28,38 @@ from grid import records, report  # noqa: E402
 from grid.plan import KINDS, VARIANTS, GridError  # noqa: E402
 from grid.protocols import DEFAULT_PROTOCOL, PROTOCOLS, apply_protocol  # noqa: E402
 from grid.run import run_stages  # noqa: E402
+from utils.args import SELECT_RULES, TASK_NAMES, HelpFormatter, Parser, str2bool  # noqa: E402
 from utils.checkpoints import write_json  # noqa: E402
 from utils.features import FEATURE_CACHE_ENV  # noqa: E402
+from utils.glue import get_task  # noqa: E402
 from utils.ptp import PTP_LABEL_NAMES  # noqa: E402
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--task", required=True)
-    p.add_argument("--bert_model", required=True, help="pretrained BERT directory")
+    p = Parser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    p.add_argument("--task", required=True,
+                   help="GLUE task (case-insensitive): " + ", ".join(TASK_NAMES))
+    p.add_argument("--bert_model", required=True,
+                   help="pretrained model folder (BERT or MPNet) the teacher and students "
+                        "start from")
     p.add_argument("--data_dir", required=True, help="folder holding <TASK>/train.tsv")
     p.add_argument("--work_dir", required=True, help="where runs and results go")
     p.add_argument("--protocol", default=DEFAULT_PROTOCOL,
-                   help=f"named settings, one of {', '.join(PROTOCOLS)} (default: "
-                        "%(default)s); each flag below marked (protocol) defaults to it")
+                   help=f"one of {', '.join(PROTOCOLS)}: named settings (grid/protocols.py): authors_hparams, the released "
+                        "code's hyperparameters with standard schedules; authors_exact, its "
+                        "schedule, data order and evaluation too; quick, for smoke runs. Each "
+                        "flag marked (protocol) defaults to it")
     # None = "the protocol's value"; see grid/protocols.py
     p.add_argument("--seeds", default=None, help="student seeds, e.g. 1,2,3,4,5 (protocol)")
-    p.add_argument("--variants", default=",".join(VARIANTS))
-    p.add_argument("--student_hidden_layers", type=int, default=3)
-    p.add_argument("--teacher_epochs", type=float, default=None, help="(protocol)")
-    p.add_argument("--teacher_lr", type=float, default=None, help="(protocol)")
-    p.add_argument("--teacher_seed", type=int, default=None, help="(protocol)")
+    p.add_argument("--variants", default=",".join(VARIANTS),
+                   help="comma list of student variants: " + ", ".join(VARIANTS))
+    p.add_argument("--student_hidden_layers", type=int, default=3,
+                   help="physical layers of every student (an SPS student runs twice as many)")
+    p.add_argument("--teacher_epochs", type=float, default=None,
+                   help="teacher fine-tuning epochs (protocol)")
+    p.add_argument("--teacher_lr", type=float, default=None,
+                   help="teacher learning rate (protocol)")
+    p.add_argument("--teacher_seed", type=int, default=None, help="teacher seed (protocol)")
     p.add_argument("--epochs", type=float, default=None, help="student epochs (protocol)")
     p.add_argument("--lr", type=float, default=None, help="student learning rate (protocol)")
     p.add_argument("--ptp_epochs", type=float, default=None, help="PTP stage epochs (protocol)")
@@ -58,9 +68,36 @@ def build_parser():
     p.add_argument("--ptp_thresholds", default=None,
                    help="PTP thresholds: median, t1,t2, or table (PTP.py's per-task table, "
                         "tuned for BERT-base teachers) (protocol)")
-    p.add_argument("--train_batch_size", type=int, default=None, help="(protocol)")
-    p.add_argument("--max_seq_length", type=int, default=128)
-    p.add_argument("--max_steps", type=int, default=None, help="per run (smoke tests)")
+    p.add_argument("--train_batch_size", type=int, default=None,
+                   help="examples per optimizer step, every stage (protocol)")
+    p.add_argument("--schedule_epochs", type=float, default=None,
+                   help="students' schedule length in epochs, as finetune.py "
+                        "--schedule_epochs (protocol)")
+    p.add_argument("--ptp_schedule_epochs", type=float, default=None,
+                   help="the PTP stage's schedule length in epochs (protocol)")
+    p.add_argument("--schedule_applied_twice", type=str2bool, default=None,
+                   help="true/false: students step with lr x w^2, as the released "
+                        "finetune.py (protocol)")
+    p.add_argument("--no_shuffle", type=str2bool, default=None,
+                   help="true/false: students and PTP train in file order (protocol)")
+    p.add_argument("--eval_steps", type=int, default=None,
+                   help="students evaluate every N steps besides each epoch's end (protocol; "
+                        "authors_exact: every step on MRPC)")
+    p.add_argument("--ptp_eval_steps", type=int, default=None,
+                   help="the PTP stage evaluates every N steps (protocol)")
+    p.add_argument("--eval_start_epoch", type=int, default=None,
+                   help="students' first epoch (1-based) with evaluations (protocol)")
+    p.add_argument("--select_metric", default=None,
+                   help="the metric that chooses students' *_acc checkpoints (protocol; "
+                        "authors_exact: f1 on MRPC)")
+    p.add_argument("--select", default="dev", choices=SELECT_RULES,
+                   help="what chooses every checkpoint (teacher, PTP, students): dev, or "
+                        "train_slice, a stratified 10%% of train held out of every stage, with "
+                        "dev scored at the chosen checkpoint and its best score recorded beside")
+    p.add_argument("--max_seq_length", type=int, default=128,
+                   help="tokens per example in every stage")
+    p.add_argument("--max_steps", type=int, default=None,
+                   help="optimizer steps per run at most (smoke tests)")
     for kind, (script, flag) in KINDS.items():
         p.add_argument(flag, default="",
                        help=f"more {script} flags for every {kind} stage, as one "
@@ -83,7 +120,8 @@ def build_parser():
                    help="start each stage in a new interpreter (default: fork it from one "
                         "process that imported torch once, which saves each stage about 1.6 s "
                         "on a CPU; src/utils/launch.py)")
-    p.add_argument("--no_plot", action="store_true")
+    p.add_argument("--no_plot", action="store_true",
+                   help="write no results.png (matplotlib is then not needed)")
     p.add_argument("--report_only", action="store_true",
                    help="write the tables and chart from the stages finished so far, run none "
                         "(results.md names the stages still missing)")
@@ -96,7 +134,7 @@ def build_parser():
 
 def settings_header(args, given):
     """The resolved settings, for results.md, so a table says how it was made."""
-    keys = list(PROTOCOLS[args.protocol]) + ["variants", "student_hidden_layers",
+    keys = list(PROTOCOLS[args.protocol]) + ["select", "variants", "student_hidden_layers",
                                              "max_seq_length", "max_steps"]
     shown = ", ".join(f"{k} {getattr(args, k)}" + (" (given)" if k in given else "")
                       for k in keys)
@@ -196,10 +234,16 @@ def main(argv=None):
     frame, ptp = report.collect(stages)
     frame.attrs["task"] = args.task
     metric = frame["metric"].iloc[0]
-    rows = report.comparisons(frame, metric)
+    task = get_task(args.task)
+    # one dev example in the metric's units (exact for accuracy; MCC and F1 move more per
+    # example, so their borderline rule is lenient)
+    grain = 1 / len(task.get_examples(args.data_dir, task.dev_splits[0]))
+    rows = report.comparisons(frame, metric, grain)
+    best_rows = (report.comparisons(frame, "best_dev", grain)
+                 if args.select == "train_slice" else None)
     frame.to_csv(work / "results.csv", index=False)
     text = report.markdown(frame, ptp, rows, metric,
-                           settings_header(args, given) + progress_line(stages))
+                           settings_header(args, given) + progress_line(stages), best_rows)
     (work / "results.md").write_text(text)
     write_json(work / "grid_settings.json", {k: v for k, v in vars(args).items()
                                              if not k.endswith("_list")})

@@ -18,6 +18,7 @@ from utils.pipeline import (load_teacher, prepare_student, report_training, run_
                             start_run)
 from utils.ptp import (PTP_LABEL_NAMES, PTP_NUM_LABELS, parse_thresholds_flag, relabel_splits,
                        resolve_thresholds)
+from utils.selection import check_select_metric, eval_splits, hold_out
 from utils.train import train
 
 
@@ -35,9 +36,16 @@ def run(args):
         raise PeakdError(f"PTP needs a classification task; {args.task} is a regression task "
                          "(train its student with finetune.py, without PTP)")
     parse_thresholds_flag(args.ptp_thresholds)  # a bad value fails before anything is loaded
+    ptp_task = dataclasses.replace(get_task(args.task), labels=PTP_LABEL_NAMES,
+                                   main_metric="acc", metric_names=("acc",))
+    check_select_metric(args, ptp_task)
     task, model_dir, _, model, config, data = prepare_student(args, PTP_NUM_LABELS)
-    splits = ("train",) + task.dev_splits
-    teacher = load_teacher(args, task, data, need_patient=False, splits=splits)["splits"]
+    teacher = load_teacher(args, task, data, need_patient=False,
+                           splits=("train",) + task.dev_splits)["splits"]
+    # with --select train_slice the slice's PTP labels (from the teacher's predictions on the
+    # held-out examples) choose the checkpoint; thresholds come from the training part
+    data, teacher = hold_out(data, task, args, teacher)
+    splits = ("train",) + eval_splits(args, task)
     train_logits, train_gold = teacher["train"]["logits"], data["train"][1].labels
     args.ptp_thresholds_used = list(resolve_thresholds(task.name, args.ptp_thresholds,
                                                        train_logits, train_gold))
@@ -47,11 +55,10 @@ def run(args):
     for split, counts in args.ptp_label_counts.items():
         print(f"PTP labels {split}: " + ", ".join(f"{n} {name}" for n, name in
                                                   zip(counts, PTP_LABEL_NAMES)))
-    ptp_task = dataclasses.replace(task, name=f"{task.name}-PTP", labels=PTP_LABEL_NAMES,
-                                   main_metric="acc", metric_names=("acc",))
+    ptp_task = dataclasses.replace(ptp_task, name=f"{task.name}-PTP")
     args.train_type = "ptp"
     run_dir = start_run(args, task, model_dir, config, prefix="PTP")
-    results = train(model, relabelled["train"], {s: relabelled[s] for s in task.dev_splits},
+    results = train(model, relabelled["train"], {s: relabelled[s] for s in splits[1:]},
                     ptp_task, args,
                     lambda out, batch: task_loss(out.logits, batch["labels"], False),
                     run_dir, prefix="PTP")

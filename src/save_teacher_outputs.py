@@ -58,7 +58,7 @@ def run(args):
     if args.max_seq_length is None:
         args.max_seq_length = run_args["max_seq_length"]
     check_lengths(args, config, task)
-    tokenizer = load_tokenizer(teacher_dir, config.vocab_size, "--teacher_dir")
+    tokenizer = load_tokenizer(teacher_dir, config, "--teacher_dir")
     has_test = (Path(args.data_dir) / task.dir_name / "test.tsv").is_file()
     splits = ("train",) + task.dev_splits + (("test",) if has_test else ())
     data = load_splits(task, args.data_dir, splits, tokenizer, args.max_seq_length)

@@ -20,6 +20,9 @@ sys.path.insert(0, str(ROOT / "src"))
 torch.set_num_threads(1)
 
 SHARED_GLUE = Path(os.environ.get("PEAKD_SHARED_GLUE", ROOT.parent / "shared" / "glue_data"))
+# all-mpnet-base-v2 as `bash preprocess.sh --with_mpnet` installs it (PEAKD_MPNET_DIR elsewhere)
+MPNET_DIR = Path(os.environ.get("PEAKD_MPNET_DIR", ROOT / "src" / "data" / "models" / "pretrained"
+                                / "all-mpnet-base-v2"))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -43,6 +46,15 @@ def shared_glue():
     if not (SHARED_GLUE / "MRPC" / "dev.tsv").is_file():
         pytest.skip(f"genuine GLUE files not found at {SHARED_GLUE}; set PEAKD_SHARED_GLUE")
     return SHARED_GLUE
+
+
+@pytest.fixture(scope="session")
+def mpnet_dir():
+    """The real MPNet-base folder (never needed by CI: the tests that read it are skipped)."""
+    if not (MPNET_DIR / "model.safetensors").is_file():
+        pytest.skip(f"all-mpnet-base-v2 not found at {MPNET_DIR}; `bash preprocess.sh "
+                    "--with_mpnet` installs it (or set PEAKD_MPNET_DIR)")
+    return MPNET_DIR
 
 
 @pytest.fixture(scope="session")

@@ -88,6 +88,51 @@ def make_tiny_bert(path, glue_root, **overrides):
     return make_demo_bert(path, corpus, **{**TINY_BERT, **overrides})
 
 
+MPNET_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>", "[UNK]", "<mask>")
+
+
+def make_tiny_mpnet(path, glue_root, layers=4, seed=0):
+    """A random-weight MPNet folder in transformers' own layout (config.json with model_type
+    mpnet, model.safetensors with MPNet's key names, vocab.txt with `<s>`/`</s>`/`<pad>` first
+    as in all-mpnet-base-v2, tokenizer_config.json naming MPNetTokenizer): what the package must
+    load through its name mapping. Its vocabulary holds every word of the TSVs under glue_root."""
+    import json
+
+    import torch
+
+    from BERT.pytorch_pretrained_bert import BertConfig, BertModel, save_safetensors
+    from BERT.pytorch_pretrained_bert.modeling import MPNET_NAMES
+    from utils.demo_data import build_vocab, corpus_texts
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    corpus = sorted(Path(glue_root).glob("*/*.tsv"))
+    words = [w for w in build_vocab(t for f in corpus for t in corpus_texts(f))
+             if not w.startswith("[")]
+    vocab = list(MPNET_SPECIALS) + words
+    config = {"model_type": "mpnet", "vocab_size": len(vocab), "hidden_size": 32,
+              "num_hidden_layers": layers, "num_attention_heads": 4, "intermediate_size": 37,
+              "max_position_embeddings": 66, "layer_norm_eps": 1e-5, "pad_token_id": 1,
+              "relative_attention_num_buckets": 32, "hidden_act": "gelu"}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        ours = BertModel(BertConfig.from_dict(config)).state_dict()
+    theirs = {}
+    for key, value in ours.items():
+        for mpnet, bert in MPNET_NAMES:
+            key = key.replace(bert, mpnet)
+        theirs[key] = value.clone()
+    (path / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    (path / "vocab.txt").write_text("".join(t + "\n" for t in vocab), encoding="utf-8")
+    (path / "tokenizer_config.json").write_text(json.dumps(
+        {"do_lower_case": True, "tokenizer_class": "MPNetTokenizer"}), encoding="utf-8")
+    (path / "special_tokens_map.json").write_text(json.dumps(
+        {"cls_token": "<s>", "sep_token": "</s>", "pad_token": "<pad>", "unk_token": "[UNK]",
+         "mask_token": "<mask>", "bos_token": "<s>", "eos_token": "</s>"}), encoding="utf-8")
+    save_safetensors(theirs, path / "model.safetensors")
+    return path
+
+
 def load_script(name):
     """A script module (src/<name>.py) imported by path: scripts never import each other, tests
     may."""

@@ -294,8 +294,28 @@ def test_mrpc_rebuild_matches_genuine_glue(glue, shared_glue, tmp_path):
 
 # --- pretrained BERT -----------------------------------------------------------------------------
 
-BERT_FILES = {"config.json": b'{"hidden_size": 8}\n', "vocab.txt": b"[PAD]\n[UNK]\n",
-              "pytorch_model.bin": b"\x00" * 4096}
+def _tiny_bert_files():
+    """A usable tiny BERT as the downloader fetches it: config.json, vocab.txt and
+    pytorch_model.bin (random weights; the downloader checks that they load)."""
+    import torch
+
+    sys.path.insert(0, str(ROOT / "src"))
+    from BERT.pytorch_pretrained_bert import BertConfig, BertModel
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b"]
+    config = BertConfig(len(vocab), hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=8, max_position_embeddings=16)
+    weights = io.BytesIO()
+    torch.save({f"bert.{k}": v for k, v in BertModel(config).state_dict().items()}, weights)
+    return {"config.json": config.to_json_string().encode(),
+            "vocab.txt": "".join(t + "\n" for t in vocab).encode(),
+            "pytorch_model.bin": weights.getvalue()}
+
+
+BERT_FILES = _tiny_bert_files()
+# what a wrong URL can serve with status 200: a page, not a model
+GARBAGE_FILES = {"config.json": b'{"hidden_size": 8}\n', "vocab.txt": b"[PAD]\n[UNK]\n",
+                 "pytorch_model.bin": b"\x00" * 4096}
 
 
 def test_bert_download_and_skip(bert, server, tmp_path, capsys):
@@ -325,6 +345,18 @@ def test_bert_failure_leaves_nothing(bert, server, tmp_path, capsys, monkeypatch
     assert len(lines) == 1
     assert lines[0].startswith("error: model bert-base-uncased: download of ")
     assert ("HTTP 404" if kind == "missing" else "truncated") in lines[0]
+    assert os.listdir(out) == []
+
+
+def test_bert_download_of_something_else_is_refused(bert, server, tmp_path, capsys):
+    """Files that arrive whole but are no model (a config without the sizes, a vocabulary
+    without [CLS], weights that do not load) are not installed and not called done."""
+    for name, body in GARBAGE_FILES.items():
+        server.add(f"/tiny/{name}", body)
+    out = tmp_path / "pretrained"
+    assert run_main(bert, ["--output_dir", out, "--base_url", server.url + "/tiny"]) == 1
+    lines = error_lines(capsys)
+    assert len(lines) == 1 and "not a usable model" in lines[0]
     assert os.listdir(out) == []
 
 

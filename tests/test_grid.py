@@ -2,6 +2,7 @@
 on fixed numbers with known answers, and how it shares the machine among processes
 (bench/grid/run.py)."""
 import math
+import random
 import sys
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
-from grid.stats import (CLAIMS, compare_claims, paired, paired_ratio, t_quantile,  # noqa: E402
+from grid.stats import (CLAIMS, compare_claims, holm, p_value, paired, paired_ratio, t_quantile,  # noqa: E402
                         verdict)
 
 
@@ -56,6 +57,53 @@ def test_verdicts():
     assert same.verdict == "not decided (no spread)"
     # equal differences up to float rounding (0.7 - 0.6 != 0.4 - 0.3 in binary) count as equal
     assert paired({1: 0.7, 2: 0.4}, {1: 0.6, 2: 0.3}).verdict == "not decided (no spread)"
+
+
+def test_p_value_of_a_paired_t_test():
+    # t(0.975, 4) = 2.776445: a mean of 2.776445 standard errors has p 0.05
+    assert p_value(2.776445 * 0.1 / math.sqrt(5), 0.1, 5) == pytest.approx(0.05, abs=1e-6)
+    assert p_value(0.0, 0.1, 5) == pytest.approx(1.0)
+    assert p_value(0.01, 0.0, 5) == 0.0 and p_value(0.0, 0.0, 5) == 1.0
+
+
+def row(p, n=5, sd=0.01, name="x"):
+    """A Comparison whose mean gives the paired t test this two-sided p."""
+    t = t_quantile(1 - p / 2, n - 1)
+    return paired({i: 0.0 for i in range(n)}, {i: 0.0 for i in range(n)}, name, "b", name) \
+        .__class__(name, "b", name, n, t * sd / math.sqrt(n), None, None, n, 0, 0, "",
+                   sd, p)
+
+
+def test_holm_steps_down_and_words_each_verdict_from_its_adjusted_interval():
+    """m = 3 at alpha 0.05: p 0.01 < 0.05/3 is rejected; p 0.03 > 0.05/2 stops the procedure,
+    so p 0.04 is not rejected either although it is below 0.05. Each interval excludes 0 exactly
+    when its row is rejected; adjusted p: 3 x 0.01, 2 x 0.03, max(0.06, 0.04)."""
+    rows = holm([row(0.04, name="c"), row(0.01, name="a"), row(0.03, name="b")])
+    by = {r.a: r for r in rows}
+    assert [by[k].verdict for k in "abc"] == ["supported", "not decided", "not decided"]
+    assert [by[k].p_holm for k in "abc"] == [pytest.approx(0.03), pytest.approx(0.06),
+                                             pytest.approx(0.06)]
+    assert by["a"].level == pytest.approx(1 - 0.05 / 3)
+    assert by["b"].level == by["c"].level == pytest.approx(1 - 0.05 / 2)
+    assert by["a"].low > 0 and by["b"].low < 0 < by["b"].high and by["c"].low < 0
+    # one comparison alone: the plain 95% interval
+    alone = holm([row(0.04)])[0]
+    assert alone.verdict == "supported" and alone.level == pytest.approx(0.95)
+    # excluded, but the near end within one dev example of 0: borderline
+    near = holm([row(0.04, sd=0.01)], grain=0.01)[0]
+    assert near.low < 0.01 and near.verdict == "borderline (not decided)"
+
+
+def test_holm_intervals_agree_with_its_decisions_on_random_tables():
+    rng = random.Random(0)
+    for _ in range(200):
+        rows = holm([row(rng.choice([1e-4, 0.002, 0.011, 0.021, 0.03, 0.2, 0.6]), name=str(i))
+                     for i in range(rng.randint(1, 7))])
+        ranked = sorted(rows, key=lambda r: r.p)
+        m, decided = len(ranked), True
+        for i, r in enumerate(ranked):
+            decided = decided and r.p < 0.05 / (m - i)
+            assert (r.low > 0) == decided, (r.p, m, i)
 
 
 def test_claims_cover_the_papers_comparisons_that_ran():

@@ -60,7 +60,7 @@ def test_grid_runs_collects_and_resumes(cola_grid, capsys):
     assert all(len(c) == 4 and sum(c) == 16 for c in counts)
     assert ptp_rows["ptp_t1"].between(0, 1).all() and ptp_rows["ptp_t2"].between(0, 1).all()
     assert frame[frame["variant"] == "ft"]["ptp_train_counts"].isna().all()
-    # the grid's default threshold rule is the median one (quick and authors alike)
+    # the grid's default threshold rule is the median one (quick and authors_hparams alike)
     ptp_args = json.loads((work / "ptp_SPS_seed1" / "PTP.args.json").read_text())
     assert ptp_args["ptp_thresholds"] == "median"
     assert ptp_args["ptp_label_counts"]["train"] == counts[0]
@@ -384,8 +384,8 @@ def test_protocols_are_a_table_and_explicit_flags_win(tmp_path):
     reproduce = load_reproduce()
     assert reproduce.build_parser().parse_args(
         ["--task", "t", "--bert_model", "b", "--data_dir", "d", "--work_dir", "w"]
-    ).protocol == "authors"
-    args, argv = plan(reproduce, tmp_path)  # authors, the default
+    ).protocol == "authors_hparams"
+    args, argv = plan(reproduce, tmp_path)  # authors_hparams, the default
     assert args.seeds == "1,2,3,4,5" and "ft_seed5" in argv and "ft_seed6" not in argv
     assert [flag(argv["teacher"], f) for f in ("--learning_rate", "--num_train_epochs",
                                                "--train_seed", "--train_batch_size")] \
@@ -419,6 +419,37 @@ def test_protocols_are_a_table_and_explicit_flags_win(tmp_path):
     assert flag(argv["ptp_sps_pkd_seed7"], "--alpha") == "0.5"
     assert flag(argv["teacher"], "--alpha") is None
     assert flag(argv["ptp_SPS_seed7"], "--alpha") is None
+
+
+def test_authors_exact_is_the_released_codes_schedule_and_the_flags_still_win(tmp_path):
+    """Students: t_total over 10 epochs, lr x w^2, file order, evaluated every step from the
+    second epoch, MRPC kept by F1; PTP: t_total over 6 epochs, every step, file order, the
+    paper's threshold table; the teacher: BERT's recipe; --select train_slice for every stage
+    that trains. The default protocol adds none of these flags (old records still match)."""
+    reproduce = load_reproduce()
+    args, argv = plan(reproduce, tmp_path, "--protocol", "authors_exact", "--select",
+                      "train_slice")
+    student, ptp, teacher = argv["ptp_sps_pkd_seed1"], argv["ptp_SPS_seed1"], argv["teacher"]
+    assert [flag(student, f) for f in ("--schedule_epochs", "--eval_steps",
+                                       "--eval_start_epoch", "--select_metric", "--select",
+                                       "--num_train_epochs")] == \
+        ["10.0", "1", "2", "f1", "train_slice", "7.0"]
+    assert "--schedule_applied_twice" in student and "--no_shuffle" in student
+    assert [flag(ptp, f) for f in ("--schedule_epochs", "--eval_steps", "--select",
+                                   "--num_train_epochs", "--ptp_thresholds")] == \
+        ["6.0", "1", "train_slice", "4.0", None]
+    assert "--no_shuffle" in ptp and "--schedule_applied_twice" not in ptp
+    assert "--eval_start_epoch" not in ptp and "--select_metric" not in ptp
+    assert flag(teacher, "--select") == "train_slice" and "--no_shuffle" not in teacher
+    assert flag(teacher, "--num_train_epochs") == "3.0"
+    _, argv = plan(reproduce, tmp_path, "--protocol", "authors_exact", "--eval_steps", "10",
+                   "--no_shuffle", "false")
+    assert flag(argv["ft_seed1"], "--eval_steps") == "10"
+    assert "--no_shuffle" not in argv["ft_seed1"] and "--select" not in argv["ft_seed1"]
+    _, argv = plan(reproduce, tmp_path)
+    for name in ("--schedule_epochs", "--no_shuffle", "--eval_steps", "--select",
+                 "--select_metric", "--eval_start_epoch", "--schedule_applied_twice"):
+        assert all(name not in a for a in argv.values()), name
 
 
 def test_ptp_summary_warns_about_a_near_empty_class(tmp_path):
@@ -492,3 +523,31 @@ def test_stage_start_times_both_launchers_in_pairs(tmp_path, capsys):
     assert {k: v["pairs"] for k, v in saved["new_minus_forked"].items()} == {
         "wall": 2, "train": 2, "start_up": 2}
     assert "wall, new interpreter - forked" in capsys.readouterr().out
+
+
+def test_a_grid_under_train_slice_selection_reports_both_scores(tmp_path):
+    """authors_exact on tiny MRPC, two seeds, --select train_slice: every run chose on the slice
+    and scored dev there; results.md says so, tables the claims on those scores and, apart, on
+    the best-on-dev scores, each Holm-adjusted."""
+    glue = make_glue(tmp_path / "glue", tasks=("MRPC",))
+    bert = make_tiny_bert(tmp_path / "bert", glue)
+    work = tmp_path / "work"
+    frame = load_reproduce().main(
+        ["--task", "MRPC", "--bert_model", str(bert), "--data_dir", str(glue), "--work_dir",
+         str(work), "--protocol", "authors_exact", "--select", "train_slice", "--seeds", "1,2",
+         "--variants", "kd,pkd", "--student_hidden_layers", "2", "--max_seq_length", "24",
+         "--train_batch_size", "4", "--epochs", "2", "--ptp_epochs", "1", "--teacher_epochs",
+         "1", "--no_plot"])
+    assert set(frame["select"]) == {"train_slice"}
+    assert frame["acc"].notna().all() and frame["best_dev"].notna().all()
+    results = json.loads((work / "pkd_seed1" / "eval_results.json").read_text())
+    assert results["chosen_acc"]["dev"]["acc"] == frame.loc[
+        (frame["variant"] == "pkd") & (frame["seed"] == "1"), "acc"].item()
+    assert results["selection"]["metric"] == "f1" and results["selection"]["eval_steps"] == 1
+    teacher = json.loads((work / "teacher" / "eval_results.json").read_text())
+    assert teacher["selection"]["rule"] == "train_slice"
+    table = (work / "results.md").read_text()
+    assert "held-out train slice" in table and "select train_slice" in table
+    assert "## The same claims on best-on-dev scores" in table
+    assert table.count("| PKD beats KD | pkd - kd | 2 |") == 2
+    assert "Holm-adjusted interval" in table

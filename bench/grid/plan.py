@@ -136,9 +136,9 @@ def check_inputs(args):
     except PeakdError as e:
         raise GridError(str(e)) from None
     depth = config.num_hidden_layers
-    if args.max_seq_length > config.max_position_embeddings:
+    if args.max_seq_length > config.max_positions:
         raise GridError(f"--max_seq_length {args.max_seq_length} exceeds the "
-                        f"{config.max_position_embeddings} positions of {args.bert_model}; "
+                        f"{config.max_positions} positions of {args.bert_model}; "
                         "lower it")
     args.task, args.bert_model = task.name, str(Path(model_dir).resolve())
     args.data_dir = str(Path(args.data_dir).resolve())
@@ -173,6 +173,10 @@ def plan_grid(args, work, depth):
                     str(args.train_batch_size)]
     if args.max_steps:
         train += ["--max_steps", str(args.max_steps)]
+    # each flag only where it differs from the scripts' default, so that the recorded argv of
+    # runs made before the flag existed still match
+    select = ["--select", args.select] if getattr(args, "select", "dev") != "dev" else []
+    train += select
     teacher = work / "teacher"
     teacher_file = teacher_outputs.default_path(args.task, depth, folder=work)
     stages = [
@@ -188,6 +192,15 @@ def plan_grid(args, work, depth):
                        "--teacher_prediction", str(teacher_file)]
     thresholds = [] if args.ptp_thresholds == "table" else ["--ptp_thresholds",
                                                              args.ptp_thresholds]
+    order = ["--no_shuffle"] if getattr(args, "no_shuffle", False) else []
+    ptp_schedule = order + optional("--schedule_epochs", args, "ptp_schedule_epochs") + \
+        optional("--eval_steps", args, "ptp_eval_steps")
+    student_schedule = order + optional("--schedule_epochs", args, "schedule_epochs") + \
+        (["--schedule_applied_twice"] if getattr(args, "schedule_applied_twice", False)
+         else []) + optional("--eval_steps", args, "eval_steps") + \
+        (["--eval_start_epoch", str(args.eval_start_epoch)]
+         if getattr(args, "eval_start_epoch", 1) not in (None, 1) else []) + \
+        optional("--select_metric", args, "select_metric")
     # Per seed: the PTP runs first, SPS's leading, then the PTP students, then the rest. The
     # runner starts the first ready stage in this order, so with --jobs > 1 the longest chain
     # (SPS PTP run -> its SPS student) starts first and does not finish the seed last.
@@ -202,7 +215,8 @@ def plan_grid(args, work, depth):
             ptp_dir = work / f"ptp_{ptp}_seed{seed}"
             ptp_stages[ptp] = Stage(f"ptp_{ptp}_seed{seed}", "ptp", seed_args + thresholds + [
                 "--num_train_epochs", str(args.ptp_epochs), "--learning_rate",
-                str(args.ptp_lr), "--model_type", ptp, "--output_dir", str(ptp_dir)],
+                str(args.ptp_lr), "--model_type", ptp, "--output_dir", str(ptp_dir)]
+                + ptp_schedule,
                 ptp_dir / "PTP.eval_results.json", ptp_dir / RECORD,
                 needs=("teacher_outputs",), seed=seed, ptp_dir=ptp_dir)
         stages += ptp_stages.values()
@@ -217,13 +231,20 @@ def plan_grid(args, work, depth):
             stages.append(Stage(f"{name}_seed{seed}", "student", seed_args + start + [
                 "--num_train_epochs", str(args.epochs), "--learning_rate", str(args.lr),
                 "--train_type", train_type, "--model_type", model_type, "--output_dir",
-                str(out)], out / "eval_results.json", out / RECORD, needs=needs,
+                str(out)] + student_schedule, out / "eval_results.json", out / RECORD,
+                needs=needs,
                 variant=name, seed=seed, ptp_dir=ptp_dir))
     for stage in stages:
         stage.extra = extra[stage.kind]
         check_extra(stage)
         stage.argv = stage.argv + stage.extra
     return teacher, stages
+
+
+def optional(flag, args, key):
+    """[flag, value] when the grid setting `key` is set (not None), else []."""
+    value = getattr(args, key, None)
+    return [] if value is None else [flag, str(value)]
 
 
 def flag_names(argv):

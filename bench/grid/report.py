@@ -44,11 +44,14 @@ def collect(stages):
         if stage.kind not in ("teacher", "student") or not stage.done.exists():
             continue
         res = json.loads(stage.done.read_text(encoding="utf-8"))
-        best = res["best_acc"] or {}
+        scored, best_dev, rule = scores(res)
         row = {"variant": stage.variant or "teacher", "seed": stage.seed or "-",
-               "metric": res["main_metric"],
-               **{k: v for k, v in best.items() if k not in ("epoch", "step")},
-               "best_epoch": best.get("epoch"), "num_parameters": res["num_parameters"],
+               "metric": res["main_metric"], "select": rule,
+               **{k: v for k, v in scored.items() if k not in ("epoch", "step")},
+               # the paper's kind of number: dev's best over the run (= the score under dev
+               # selection; beside a train-slice choice, the dev-selected score it avoids)
+               "best_dev": best_dev,
+               "best_epoch": scored.get("epoch"), "num_parameters": res["num_parameters"],
                "effective_layers": res["effective_layers"],
                "train_seconds": res["train_seconds"],
                "eval_seconds": res.get("eval_seconds"),
@@ -65,6 +68,21 @@ def collect(stages):
     rank = {v: i for i, v in enumerate(VARIANTS)}
     rows.sort(key=lambda r: (-1, 0) if r["seed"] == "-" else (int(r["seed"]), rank[r["variant"]]))
     return pd.DataFrame(rows), ptp
+
+
+def scores(res):
+    """(dev metrics at the checkpoint the run chose, dev's main metric at its best evaluation,
+    the selection rule) of one eval_results.json. Under --select train_slice the slice chose
+    and dev was only scored; runs made before selections were recorded chose on dev."""
+    best = res["best_acc"] or {}
+    selection = res.get("selection") or {"rule": "dev", "split": None}
+    metric = res["main_metric"]
+    if selection["rule"] == "dev":
+        return best, best.get(metric), "dev"
+    chosen = res.get("chosen_acc") or {}
+    dev = next((k for k in chosen if k != selection["split"]), None)
+    peak = (res.get("best_by_split") or {}).get(dev) or {}
+    return chosen.get(dev) or {}, peak.get(metric), selection["rule"]
 
 
 def read_wall(record):
@@ -142,11 +160,12 @@ def summarize(frame):
     return "\n".join(lines) + "\n"
 
 
-def seed_table(frame, metric):
+def seed_table(frame, metric, with_f1=True):
     """The dev metric of every run as Markdown, a row per variant and a column per seed, with
     the mean over the seeds it ran; F1 in parentheses where the task has it besides the main
-    metric (MRPC). A seed a variant has not finished shows "-"."""
-    second = "f1" if metric != "f1" and "f1" in frame and frame["f1"].notna().any() else None
+    metric (MRPC) and `with_f1`. A seed a variant has not finished shows "-"."""
+    second = ("f1" if with_f1 and metric != "f1" and "f1" in frame and frame["f1"].notna().any()
+              else None)
     columns = [metric, second] if second else [metric]
     seeds = sorted({s for s in frame["seed"] if s != "-"}, key=int)
 
@@ -172,18 +191,23 @@ def claim_scores(frame, metric):
             for v, g in students.groupby("variant")}
 
 
-def comparisons(frame, metric):
-    return compare_claims(claim_scores(frame, metric))
+def comparisons(frame, metric, grain=None):
+    """The paper's claims on `metric` (a column: the chosen checkpoints' dev score, or
+    best_dev), Holm-adjusted over the table; grain: one dev example in the metric's units."""
+    return compare_claims(claim_scores(frame, metric), grain=grain)
 
 
 def comparisons_table(rows, metric):
-    """The paired comparisons as Markdown: one row per claim."""
-    lines = [f"| claim | a - b ({metric}) | seeds | mean difference | 95% interval (paired t) "
-             "| won / lost / tied | verdict |", "|---|---|---|---|---|---|---|"]
+    """The paired comparisons as Markdown: one row per claim, with the Holm-adjusted interval
+    (its level in the column) and p-value."""
+    lines = [f"| claim | a - b ({metric}) | seeds | mean difference | Holm-adjusted interval "
+             "(level) | p (Holm) | won / lost / tied | verdict |",
+             "|---|---|---|---|---|---|---|---|"]
     for c in rows:
-        interval = "-" if c.low is None else f"[{c.low:+.4f}, {c.high:+.4f}]"
+        interval = "-" if c.low is None else f"[{c.low:+.4f}, {c.high:+.4f}] ({c.level:.3f})"
         mean = "-" if c.n == 0 else f"{c.mean:+.4f}"
-        lines.append(f"| {c.claim} | {c.a} - {c.b} | {c.n} | {mean} | {interval} | "
+        p = "-" if c.p_holm is None else f"{c.p:.3f} ({c.p_holm:.3f})"
+        lines.append(f"| {c.claim} | {c.a} - {c.b} | {c.n} | {mean} | {interval} | {p} | "
                      f"{c.won} / {c.lost} / {c.tied} | {c.verdict} |")
     return "\n".join(lines) + "\n"
 
@@ -220,19 +244,41 @@ def provenance_line(frame, column, label, width=None):
     return f"\n{label}: " + ", ".join(f"{c} ({n} runs)" for c, n in counts.items()) + ".\n"
 
 
-def markdown(frame, ptp, rows, metric, header=""):
-    """results.md: settings header, per-variant and per-seed tables, claims, PTP labels and
+VERDICT_RULE = ("Claims are paired over shared seeds and adjusted for their number in the "
+                "table (Holm): each interval is at its Holm step's level, so it excludes 0 "
+                "exactly when Holm rejects. `supported`: the interval lies above 0; "
+                "`contradicted`: below 0; `borderline (not decided)`: it excludes 0 but its near "
+                "end lies within one dev example of 0; `not decided`: it contains 0, or has no "
+                "width (every seed gave the same difference; `no spread`).\n\n")
+
+
+def selection_line(frame):
+    """What chose the checkpoints, in words, for the top of results.md."""
+    rules = set(frame["select"].dropna()) if "select" in frame else {"dev"}
+    if rules == {"train_slice"}:
+        return ("Checkpoints chosen on a held-out train slice (`--select train_slice`); the "
+                "tables score dev once, at the chosen checkpoint. `best_dev` is the best dev "
+                "score of the same runs (dev-selected, the paper's kind of number).\n\n")
+    if rules == {"dev"}:
+        return ("Checkpoints chosen on the dev set that is also reported (`--select dev`): "
+                "scores are the best of several dev evaluations, optimistic by that choice.\n\n")
+    return f"Mixed selection rules: {sorted(rules)}; compare with care.\n\n"
+
+
+def markdown(frame, ptp, rows, metric, header="", best_rows=None):
+    """results.md: settings header, the selection rule, per-variant and per-seed tables, claims
+    (and, under train-slice selection, the claims on best-on-dev scores), PTP labels and
     warnings."""
-    parts = [header, "## Per variant (mean ± std over seeds)\n\n", summarize(frame),
-             overhead_line(frame), provenance_line(frame, "code", "Code", 12),
+    parts = [header, selection_line(frame), "## Per variant (mean ± std over seeds)\n\n",
+             summarize(frame), overhead_line(frame), provenance_line(frame, "code", "Code", 12),
              provenance_line(frame, "machine", "CPU"),
              "\n## Per seed\n\n", seed_table(frame, metric)]
     if rows:
-        parts += ["\n## The paper's claims, paired over shared seeds\n\n",
-                  "`supported`: the 95% interval of the mean difference lies above 0; "
-                  "`contradicted`: below 0; `not decided`: it contains 0, or has no width "
-                  "(every seed gave the same difference; `no spread`).\n\n",
+        parts += ["\n## The paper's claims, paired over shared seeds\n\n", VERDICT_RULE,
                   comparisons_table(rows, metric)]
+    if best_rows:
+        parts += ["\n## The same claims on best-on-dev scores (dev chose these)\n\n",
+                  seed_table(frame, "best_dev", with_f1=False), "\n", comparisons_table(best_rows, "best_dev")]
     if ptp:
         parts += ["\n## PTP labels (train split)\n\n", ptp_table(ptp)]
         parts += [f"\n{w}\n" for _, w in ptp.values() if w]

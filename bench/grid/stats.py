@@ -63,8 +63,10 @@ def t_quantile(p, df):
 
 @dataclass
 class Comparison:
-    """a - b over the n seeds both have: mean difference, 95% paired t interval (None for
-    n < 2), seeds where a won / lost / tied, and the verdict."""
+    """a - b over the n seeds both have: mean difference, paired t interval at `level` (None for
+    n < 2), seeds where a won / lost / tied, the verdict, the sample standard deviation of the
+    differences, the two-sided p-value of a paired t test and, after `holm`, the Holm-adjusted
+    p-value (the interval then is at the Holm step's level)."""
     a: str
     b: str
     claim: str
@@ -76,6 +78,10 @@ class Comparison:
     lost: int
     tied: int
     verdict: str
+    sd: float = float("nan")
+    p: float = float("nan")
+    level: float = 0.95
+    p_holm: float = None
 
 
 # narrower than this is no width: float rounding of equal differences (k/408 - j/408 computed
@@ -113,19 +119,63 @@ def paired(a_scores, b_scores, a="a", b="b", claim="", level=0.95):
     n = len(diffs)
     mean = sum(diffs) / n if n else float("nan")
     low = high = None
+    sd = p = float("nan")
     if n >= 2:
         sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
-        half = t_quantile((1 + level) / 2, n - 1) * sd / math.sqrt(n)
-        low, high = mean - half, mean + half
+        low, high = interval(mean, sd, n, level)
+        p = p_value(mean, sd, n)
     return Comparison(a, b, claim, n, mean, low, high, sum(d > 0 for d in diffs),
                       sum(d < 0 for d in diffs), sum(d == 0 for d in diffs),
-                      verdict(low, high, n))
+                      verdict(low, high, n), sd, p, level)
 
 
-def compare_claims(scores):
-    """The CLAIMS rows whose two variants both ran. scores: {variant: {seed: score}}."""
-    return [paired(scores[a], scores[b], a, b, claim) for a, b, claim in CLAIMS
-            if a in scores and b in scores]
+def interval(mean, sd, n, level):
+    """mean -+ t_{(1+level)/2, n-1} * sd / sqrt(n)."""
+    half = t_quantile((1 + level) / 2, n - 1) * sd / math.sqrt(n)
+    return mean - half, mean + half
+
+
+def p_value(mean, sd, n):
+    """Two-sided p of the paired t test of mean difference 0: P(|T_{n-1}| >= |t|),
+    t = mean / (sd / sqrt(n)); 0 for a nonzero mean with no spread, 1 for none at all."""
+    if sd <= NO_WIDTH:
+        return 1.0 if abs(mean) <= NO_WIDTH else 0.0
+    return max(0.0, 1.0 - t_two_sided_mass(abs(mean) / (sd / math.sqrt(n)), n - 1))
+
+
+def holm(rows, alpha=0.05, grain=None):
+    """The rows of one table, adjusted for their number m (Holm's step-down procedure).
+
+    Ranked by p ascending, row i (0-based) is rejected while p < alpha / (m - i), until the
+    first row k that fails; every later row fails too. Each row's interval is recomputed at the
+    level of its step, 1 - alpha / (m - i) for i < k and 1 - alpha / (m - k) from k on, so that
+    an interval excludes 0 exactly when Holm rejects (the intervals of the rows from k on contain
+    0, since their p >= p_k >= alpha / (m - k)). The verdict is worded from that interval; `grain` (one dev
+    example, in the metric's units) turns an interval whose near end lies within it of 0 into
+    "borderline (not decided)". p_holm is the Holm-adjusted p-value
+    max_{j <= i} min(1, (m - j) p_(j)). Rows with n < 2 keep their verdict and get no rank.
+    """
+    tested = sorted((r for r in rows if r.n >= 2), key=lambda r: r.p)
+    m = len(tested)
+    failed = next((i for i, r in enumerate(tested) if r.p >= alpha / (m - i)), m)
+    adjusted = 0.0
+    for i, r in enumerate(tested):
+        adjusted = max(adjusted, min(1.0, (m - i) * r.p))
+        r.p_holm = adjusted
+        r.level = 1 - alpha / (m - min(i, failed))
+        r.low, r.high = interval(r.mean, r.sd, r.n, r.level)
+        r.verdict = verdict(r.low, r.high, r.n)
+        if grain and r.verdict in ("supported", "contradicted") and \
+                min(abs(r.low), abs(r.high)) < grain:
+            r.verdict = "borderline (not decided)"
+    return rows
+
+
+def compare_claims(scores, claims=None, grain=None):
+    """The rows of `claims` (default CLAIMS) whose two variants both ran, Holm-adjusted over the
+    table (`holm`). scores: {variant: {seed: score}}; grain: one dev example in the metric."""
+    return holm([paired(scores[a], scores[b], a, b, claim) for a, b, claim in claims or CLAIMS
+                 if a in scores and b in scores], grain=grain)
 
 
 def paired_ratio(a_seconds, b_seconds, confidence=0.95):

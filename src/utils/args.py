@@ -177,6 +177,50 @@ def add_train_args(parser):
     g.add_argument("--do_predict", action="store_true",
                    help="after training, write predictions on the test split (no labels)")
     add_compile_arg(g)
+    add_schedule_args(parser)
+    add_select_args(parser)
+    return g
+
+
+def add_schedule_args(parser):
+    """The released Pea-KD code's schedule and data order, as settings (the grid's
+    `authors_exact` protocol sets them; each default is this project's own choice)."""
+    g = parser.add_argument_group(
+        "schedule and data order (defaults: this project's; the released code's are settings)")
+    g.add_argument("--no_shuffle", action="store_true",
+                   help="train on the examples in file order every epoch, as the released code "
+                        "did (default: a seeded shuffle per epoch)")
+    g.add_argument("--schedule_epochs", type=float, default=None,
+                   help="length of the warmup-linear schedule in epochs, computed as the released "
+                        "code did (floor(train examples / batch) x this); training still stops "
+                        "after --num_train_epochs (default: the steps actually trained)")
+    g.add_argument("--schedule_applied_twice", action="store_true",
+                   help="also write lr x warmup_linear(step) into the optimizer's learning rate "
+                        "before each step, as the released finetune.py did, so that the step "
+                        "uses lr x w^2 (default: the schedule applied once)")
+    g.add_argument("--eval_start_epoch", type=int, default=1,
+                   help="first epoch (1-based) with dev evaluations; the released finetune.py "
+                        "never evaluated in its first epoch (2)")
+    return g
+
+
+SELECT_RULES = ("dev", "train_slice")
+
+
+def add_select_args(parser):
+    g = parser.add_argument_group("checkpoint selection")
+    g.add_argument("--select", default="dev", choices=SELECT_RULES,
+                   help="what chooses the saved checkpoints: dev (the dev set, which is then "
+                        "also the reported score) or train_slice (a stratified slice of train, "
+                        "held out of training; dev is then only scored)")
+    g.add_argument("--select_fraction", type=float, default=0.1,
+                   help="with --select train_slice: the share of train held out")
+    g.add_argument("--select_seed", type=int, default=0,
+                   help="with --select train_slice: the seed that draws the slice (keep it the "
+                        "same for every run that is compared)")
+    g.add_argument("--select_metric", default=None,
+                   help="the metric that chooses *_acc checkpoints, e.g. f1 for MRPC as the "
+                        "released code did (default: the task's main metric)")
     return g
 
 
@@ -260,14 +304,19 @@ def check_positive(args, names):
 def check_common(args):
     """Range checks shared by the scripts that train."""
     check_finite(args, ("learning_rate", "num_train_epochs", "warmup_proportion", "weight_decay",
-                        "swap_prob"))
+                        "swap_prob", "schedule_epochs", "select_fraction"))
+    if getattr(args, "schedule_epochs", None) is not None and args.schedule_epochs <= 0:
+        raise PeakdError(f"--schedule_epochs {args.schedule_epochs} must be > 0")
+    if getattr(args, "select", "dev") == "train_slice" and not 0 < args.select_fraction < 0.5:
+        raise PeakdError(f"--select_fraction {args.select_fraction} must be in (0, 0.5)")
     for name in ("saving_criterion_acc", "saving_criterion_loss"):
         # -inf / inf are the "no bar" defaults; nan would silently never save
         if math.isnan(getattr(args, name, 0.0)):
             raise PeakdError(f"--{name} nan is not a number; pass a number or leave it out")
     check_positive(args, ("train_batch_size", "eval_batch_size", "gradient_accumulation_steps",
                           "max_seq_length", "student_hidden_layers", "logging_steps",
-                          "max_steps", "eval_steps", "save_steps", "pad_to_multiple_of"))
+                          "max_steps", "eval_steps", "save_steps", "pad_to_multiple_of",
+                          "eval_start_epoch"))
     if args.train_batch_size % args.gradient_accumulation_steps:
         raise PeakdError(f"--train_batch_size {args.train_batch_size} must be a multiple of "
                          f"--gradient_accumulation_steps {args.gradient_accumulation_steps}")

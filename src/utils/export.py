@@ -81,7 +81,7 @@ def export_run(run_dir, export_dir, criterion="acc", overwrite=False):
         raise PeakdError(f"--export_dir {export_dir} is not empty; pass --overwrite_export_dir "
                          "or choose another folder")
     model, config, run_args, task = load_trained_run(run_dir, criterion)
-    tokenizer = load_tokenizer(run_dir, config.vocab_size, "--run_dir")
+    tokenizer = load_tokenizer(run_dir, config, "--run_dir")
     state = unrolled_state_dict(model)
     meta = {"format": "pt", "criterion": criterion,
             "model_type": run_args["model_type"], "task": task.name}

@@ -62,26 +62,27 @@ def truncate_pair(tokens_a, tokens_b, max_length):
 
 
 def convert_examples_to_features(examples, tokenizer, max_seq_length, task):
-    """`[CLS] A [SEP] B [SEP]` ids with segment ids 0/1, longest-first truncation.
+    """Token ids laid out by the tokenizer (`build_inputs`: BERT's `[CLS] A [SEP] B [SEP]` with
+    segment ids 0/1, MPNet's `<s> A </s></s> B </s>` with one segment), longest-first truncation.
 
     task: the TaskSpec (its labels map label strings to ids; regression keeps float scores).
     """
-    if max_seq_length < 3:
-        raise PeakdError(f"--max_seq_length {max_seq_length} is too small: it must be at least 3")
+    pair = any(ex.text_b is not None for ex in examples)
+    specials = tokenizer.num_special_tokens(pair)
+    if max_seq_length <= specials:
+        raise PeakdError(f"--max_seq_length {max_seq_length} is too small: it must be at least "
+                         f"{specials + 1}")
     n = len(examples)
     input_ids = torch.zeros(n, max_seq_length, dtype=torch.long)
     token_type_ids = torch.zeros(n, max_seq_length, dtype=torch.long)
     lengths = torch.zeros(n, dtype=torch.long)
-    cls_id, sep_id = tokenizer.convert_tokens_to_ids(["[CLS]", "[SEP]"])
     for row, ex in enumerate(examples):
         tokens_a = tokenizer.tokenize(ex.text_a)
-        tokens_b = tokenizer.tokenize(ex.text_b) if ex.text_b is not None else []
-        truncate_pair(tokens_a, tokens_b, max_seq_length - (3 if ex.text_b is not None else 2))
-        ids = [cls_id] + tokenizer.convert_tokens_to_ids(tokens_a) + [sep_id]
-        types = [0] * len(ids)
-        if ex.text_b is not None:
-            ids += tokenizer.convert_tokens_to_ids(tokens_b) + [sep_id]
-            types += [1] * (len(tokens_b) + 1)
+        tokens_b = tokenizer.tokenize(ex.text_b) if ex.text_b is not None else None
+        truncate_pair(tokens_a, tokens_b or [],
+                      max_seq_length - tokenizer.num_special_tokens(tokens_b is not None))
+        tokens, types = tokenizer.build_inputs(tokens_a, tokens_b)
+        ids = tokenizer.convert_tokens_to_ids(tokens)
         input_ids[row, :len(ids)] = torch.tensor(ids)
         token_type_ids[row, :len(types)] = torch.tensor(types)
         lengths[row] = len(ids)

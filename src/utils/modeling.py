@@ -6,8 +6,8 @@ k-layer model.
 """
 from pathlib import Path
 
-from BERT.pytorch_pretrained_bert import (BertConfig, BertForSequenceClassification,
-                                          BertTokenizer, load_pretrained_weights,
+from BERT.pytorch_pretrained_bert import (TOKENIZERS, BertConfig,
+                                          BertForSequenceClassification, load_pretrained_weights,
                                           normalize_state_dict, plain_schedule)
 from BERT.pytorch_pretrained_bert.modeling import CONFIG_NAMES, WEIGHTS_NAMES, find_model_file
 from BERT.pytorch_pretrained_bert.tokenization import VOCAB_NAME
@@ -44,14 +44,19 @@ def resolve_bert_model(name):
     return path
 
 
-# the tokens every input is built from ([CLS] A [SEP] B [SEP]) and the one unknown words become
-REQUIRED_TOKENS = ("[CLS]", "[SEP]", "[UNK]")
-
-
-def load_tokenizer(model_dir, vocab_size=None, what="--bert_model"):
-    """The WordPiece tokenizer of a model or run folder, its vocabulary checked: UTF-8 text,
-    not empty, holding REQUIRED_TOKENS, and (given the model's `vocab_size`) no id the model's
-    embeddings lack."""
+def load_tokenizer(model_dir, config=None, what="--bert_model"):
+    """The WordPiece tokenizer of a model or run folder, of the model's family (BERT or MPNet,
+    from `config` or the folder's own config), its vocabulary checked: UTF-8 text, not empty,
+    holding the tokens every input is built from and the one unknown words become, and no id
+    the model's embeddings (`config.vocab_size`) lack."""
+    if config is None:
+        try:
+            config = read_config(find_model_file(model_dir, CONFIG_NAMES, "config"),
+                                 f"{what} config")
+        except FileNotFoundError:
+            config = None  # a bare vocabulary folder: BERT's layout
+    cls = TOKENIZERS[config.model_type if config is not None else "bert"]
+    vocab_size = config.vocab_size if config is not None else None
     vocab_file = Path(model_dir) / VOCAB_NAME
     fix = f"replace it with the {VOCAB_NAME} the model was trained with"
     if vocab_file.is_dir():
@@ -60,7 +65,7 @@ def load_tokenizer(model_dir, vocab_size=None, what="--bert_model"):
         raise PeakdError(f"{what} {model_dir} has no {VOCAB_NAME}; copy in the {VOCAB_NAME} the "
                          "model was trained with")
     try:
-        tokenizer = BertTokenizer.from_pretrained(model_dir)
+        tokenizer = cls.from_pretrained(model_dir)
     except UnicodeDecodeError as e:
         raise PeakdError(f"{what} vocabulary {vocab_file} is not UTF-8 text ({e.reason}); "
                          f"{fix}") from None
@@ -69,10 +74,11 @@ def load_tokenizer(model_dir, vocab_size=None, what="--bert_model"):
     vocab = tokenizer.vocab
     if not vocab or list(vocab) == [""]:
         raise PeakdError(f"{what} vocabulary {vocab_file} is empty; {fix}")
-    missing = [t for t in REQUIRED_TOKENS if t not in vocab]
+    required = (cls.cls_token, cls.sep_token, cls.unk_token)
+    missing = [t for t in required if t not in vocab]
     if missing:
-        raise PeakdError(f"{what} vocabulary {vocab_file} lacks {', '.join(missing)} (not a BERT "
-                         f"WordPiece vocabulary?); {fix}")
+        raise PeakdError(f"{what} vocabulary {vocab_file} lacks {', '.join(missing)} (not a "
+                         f"{cls.__name__} WordPiece vocabulary?); {fix}")
     if vocab_size is not None and max(vocab.values()) >= vocab_size:
         raise PeakdError(f"{what} vocabulary {vocab_file} has {max(vocab.values()) + 1} entries "
                          f"but the model's config has vocab_size {vocab_size}; the two do not "

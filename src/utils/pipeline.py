@@ -3,7 +3,7 @@ student end to end, and turning user errors into one-line exits."""
 import shlex
 import sys
 
-from BERT.pytorch_pretrained_bert import atomic_write
+from BERT.pytorch_pretrained_bert import TOKENIZERS, atomic_write
 from BERT.pytorch_pretrained_bert.tokenization import TOKENIZER_CONFIG_NAME, VOCAB_NAME
 
 from .args import apply_presets, check_common, task_output_dir
@@ -17,6 +17,7 @@ from .glue import get_task
 from .modeling import build_student, load_tokenizer, resolve_bert_model
 from .paths import check_dir, check_file, check_writable_dir
 from .runs import check_resume_args, prepare_output_dir, run_file, write_args
+from .selection import check_select_metric, eval_splits, hold_out
 from .summary import print_summary, training_lines
 from . import parallel, teacher_outputs
 from .train import train
@@ -90,10 +91,12 @@ MIN_USEFUL_LENGTH = 8
 def check_lengths(args, config, task):
     """--max_seq_length fits the model's positions and leaves room for text."""
     n = args.max_seq_length
-    if n > config.max_position_embeddings:
-        raise PeakdError(f"--max_seq_length {n} exceeds the model's "
-                         f"{config.max_position_embeddings} positions; lower it")
-    specials = 2 if task.processor.train.text_b is None else 3  # [CLS] A [SEP] (B [SEP])
+    if n > config.max_positions:
+        raise PeakdError(f"--max_seq_length {n} exceeds the model's {config.max_positions} "
+                         "positions; lower it")
+    # [CLS] A [SEP] (B [SEP]) for BERT, <s> A </s> (</s> B </s>) for MPNet
+    specials = TOKENIZERS[config.model_type].num_special_tokens(
+        task.processor.train.text_b is not None)
     if n <= specials:
         raise PeakdError(f"--max_seq_length {n} leaves no room for text: {task.name} inputs "
                          f"take {specials} special tokens; pass at least {MIN_USEFUL_LENGTH}")
@@ -130,6 +133,8 @@ def prepare_student(args, num_labels=None, second_pass=None, swap_flip_prob=0.0)
     Features)} for train and the task's dev splits.
     """
     task = get_task(args.task)
+    if num_labels is None:  # PTP checks its own 4-way task's metric
+        check_select_metric(args, task)
     # --fp16 without CUDA is refused now, before the model and data are loaded and long before
     # the run folder is written; train() builds the same context again
     autocast(args, pick_device(args))
@@ -146,7 +151,7 @@ def prepare_student(args, num_labels=None, second_pass=None, swap_flip_prob=0.0)
                                   args.student_hidden_layers, args.model_type,
                                   args.layer_initialization, load_model, second_pass,
                                   swap_flip_prob)
-    tokenizer = load_tokenizer(model_dir, config.vocab_size)
+    tokenizer = load_tokenizer(model_dir, config)
     check_lengths(args, config, task)
     data = load_splits(task, args.data_dir, ("train",) + task.dev_splits, tokenizer,
                        args.max_seq_length)
@@ -186,11 +191,13 @@ def train_student(args, prefix="BERT", second_pass=None, swap_flip_prob=0.0):
     test_examples = task.get_examples(args.data_dir, "test") if args.do_predict else None
     teacher = None
     if args.train_type != "ft":
-        teacher = load_teacher(args, task, data, args.train_type == "pkd")["splits"]["train"]
-    objective, needs_layers = build_objective(args, task, model, teacher, pick_device(args))
+        teacher = load_teacher(args, task, data, args.train_type == "pkd")["splits"]
+    data, teacher = hold_out(data, task, args, teacher)
+    objective, needs_layers = build_objective(args, task, model, teacher and teacher["train"],
+                                              pick_device(args))
     run_dir = start_run(args, task, model_dir, config)
-    results = train(model, data["train"][1], {s: data[s][1] for s in task.dev_splits}, task,
-                    args, objective, run_dir, prefix, needs_layers)
+    results = train(model, data["train"][1], {s: data[s][1] for s in eval_splits(args, task)},
+                    task, args, objective, run_dir, prefix, needs_layers)
     if args.do_predict and parallel.is_main():
         write_json(run_dir / "test_predictions.json",
                    predict_test(args, task, model, tokenizer, test_examples))

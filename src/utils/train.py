@@ -27,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from BERT.pytorch_pretrained_bert import BertAdam, count_parameters
+from BERT.pytorch_pretrained_bert.optimization import warmup_linear
 from BERT.pytorch_pretrained_bert.linear import machine_key, used_paths as used_linear_paths
 
 from . import parallel
@@ -42,7 +43,7 @@ from .runs import RESULTS_FILE, RESUME_FILE, CsvLog, code_version, run_file
 TRAIN_LOG, EVAL_LOG = "train_log.csv", "eval_log.csv"
 LOG_FILES = (TRAIN_LOG, EVAL_LOG)
 # bumped when the layout of resume_state.pkl changes, so an old file is refused, not misread
-RESUME_FORMAT = 1
+RESUME_FORMAT = 2
 
 
 def make_optimizer(model, args, t_total):
@@ -66,26 +67,49 @@ def plan_steps(num_examples, args):
     return micro, per_epoch, max(total, 1)
 
 
-class _Selector:
-    """Tracks the best dev metric and loss and saves checkpoints when they improve."""
+def schedule_steps(num_examples, args, total):
+    """The t_total of the warmup-linear schedule: the steps trained (`total`), or with
+    --schedule_epochs the released code's int(examples / batch / accumulation) x epochs."""
+    epochs = getattr(args, "schedule_epochs", None)
+    if epochs is None:
+        return total
+    return max(int(num_examples / args.train_batch_size) * epochs, 1)
 
-    def __init__(self, model, run_dir, prefix, args, task):
-        self.model, self.run_dir, self.prefix, self.task = model, run_dir, prefix, task
+
+class _Selector:
+    """Tracks the best metric and loss on the choosing split (the first evaluated) and saves
+    checkpoints when they improve; also remembers every split's record at those evaluations
+    (`chosen`) and each split's best record over the run (`peak`)."""
+
+    def __init__(self, model, run_dir, prefix, args, metric):
+        self.model, self.run_dir, self.prefix, self.metric = model, run_dir, prefix, metric
         self.criterion_acc = args.saving_criterion_acc
         self.criterion_loss = args.saving_criterion_loss
         self.best = {"acc": None, "loss": None}
+        self.chosen = {"acc": None, "loss": None}
+        self.peak = {}
 
-    def update(self, record):
-        value, loss = record[self.task.main_metric], record["loss"]
+    def state(self):
+        return {"best": self.best, "chosen": self.chosen, "peak": self.peak}
+
+    def restore(self, state):
+        self.best, self.chosen, self.peak = state["best"], state["chosen"], state["peak"]
+
+    def update(self, records, split):
+        """records: {split: metrics record} of one evaluation; `split` chooses."""
+        record = records[split]
+        value, loss = record[self.metric], record["loss"]
         best_acc, best_loss = self.best["acc"], self.best["loss"]
         saved = None
-        if (best_acc is None or value > best_acc[self.task.main_metric]) and \
-                value > self.criterion_acc:
+        if (best_acc is None or value > best_acc[self.metric]) and value > self.criterion_acc:
             save_model_checkpoint(self.model, self.run_dir, self.prefix, "acc")
-            self.best["acc"], saved = record, "acc"
+            self.best["acc"], self.chosen["acc"], saved = record, records, "acc"
         if (best_loss is None or loss < best_loss["loss"]) and loss < self.criterion_loss:
             save_model_checkpoint(self.model, self.run_dir, self.prefix, "loss", same_as=saved)
-            self.best["loss"] = record
+            self.best["loss"], self.chosen["loss"] = record, records
+        for name, rec in records.items():
+            if name not in self.peak or rec[self.metric] > self.peak[name][self.metric]:
+                self.peak[name] = rec
 
 
 def check_finite(loss_sum, step):
@@ -161,10 +185,12 @@ class _TrainingRun:
         self.multiple = pad_multiple(getattr(args, "pad_to_multiple_of", None), device)
         model.to(device)
         self.micro, _, self.t_total = plan_steps(len(train_features), args)
-        self.optimizer = make_optimizer(model, args, self.t_total)
+        self.schedule_total = schedule_steps(len(train_features), args, self.t_total)
+        self.optimizer = make_optimizer(model, args, self.schedule_total)
         self.scaler = torch.amp.GradScaler("cuda", enabled=args.fp16)
         self.generator = torch.Generator().manual_seed(args.train_seed)
-        self.selector = _Selector(model, self.run_dir, prefix, args, task)
+        self.metric = getattr(args, "select_metric", None) or task.main_metric
+        self.selector = _Selector(model, self.run_dir, prefix, args, self.metric)
         self.pos = _Position()
         # read at the start: a checkout that moves on during a long run (a pull, a commit) must
         # not relabel it with code it did not run
@@ -198,7 +224,7 @@ class _TrainingRun:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.generator.set_state(state["generator"])
-        self.selector.best = state["best"]
+        self.selector.restore(state["selector"])
         self.pos = _Position(**state["position"])
         mine = state["ranks"][parallel.rank()]
         set_rng_state(mine["rng"], self.device)
@@ -220,7 +246,7 @@ class _TrainingRun:
             atomic_torch_save({
                 "format": RESUME_FORMAT, "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
-                "generator": self.epoch_start, "best": self.selector.best,
+                "generator": self.epoch_start, "selector": self.selector.state(),
                 "position": dataclasses.asdict(self.pos), "ranks": ranks,
                 "logs": {name: log.size() for name, log in self.logs.items()},
             }, run_file(self.run_dir, RESUME_FILE, self.prefix))
@@ -233,7 +259,10 @@ class _TrainingRun:
         # a run resumed mid-epoch finishes that epoch even when its last step is already done
         while pos.epoch <= epochs and (pos.next_batch or pos.step < self.t_total):
             epoch = pos.epoch
-            batches = train_batches(len(self.train_features), self.micro, self.generator)
+            if getattr(self.args, "no_shuffle", False):
+                batches = list(torch.arange(len(self.train_features)).split(self.micro))
+            else:
+                batches = train_batches(len(self.train_features), self.micro, self.generator)
             for i in range(pos.next_batch, len(batches)):
                 if pos.step >= self.t_total:
                     break
@@ -251,8 +280,14 @@ class _TrainingRun:
                 self.log_loss(epoch)
             pos.epoch, pos.next_batch = epoch + 1, 0
             self.epoch_start = self.generator.get_state()
-            if pos.evaluated_at != pos.step:
+            # the last epoch always ends with an evaluation: a run never ends without one
+            last = pos.step >= self.t_total
+            if pos.evaluated_at != pos.step and (self.evaluates(epoch) or last):
                 self.evaluate_dev(epoch)
+
+    def evaluates(self, epoch):
+        """Whether `epoch` (1-based) has evaluations (--eval_start_epoch)."""
+        return epoch >= getattr(self.args, "eval_start_epoch", 1)
 
     def micro_step(self, index, boundary, share):
         """Forward and backward of one micro-batch (this rank's share of it).
@@ -280,6 +315,12 @@ class _TrainingRun:
         self.pos.seen += len(index)
 
     def optimizer_step(self, epoch):
+        if getattr(self.args, "schedule_applied_twice", False):
+            # the released finetune.py wrote lr x w(step / t_total) into the groups, and
+            # BertAdam multiplied by w again: the step uses lr x w^2
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.args.learning_rate * warmup_linear(
+                    group["step"] / self.schedule_total, self.args.warmup_proportion)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -288,7 +329,7 @@ class _TrainingRun:
         step, args = self.pos.step, self.args
         if step % args.logging_steps == 0:
             self.log_loss(epoch)
-        if args.eval_steps and step % args.eval_steps == 0:
+        if args.eval_steps and step % args.eval_steps == 0 and self.evaluates(epoch):
             self.evaluate_dev(epoch)
         elif args.save_steps and step % args.save_steps == 0:
             self.save_state()
@@ -323,8 +364,9 @@ class _TrainingRun:
                     raise PeakdError(f"dev loss on {split} became {metrics['loss']} at optimizer "
                                      f"step {self.pos.step}; nothing from this evaluation was "
                                      "saved. Lower --learning_rate or check the data")
-            self.pos.last = records[next(iter(self.dev_features))]
-            self.selector.update(self.pos.last)
+            choosing = next(iter(self.dev_features))
+            self.pos.last = records[choosing]
+            self.selector.update(records, choosing)
             self.model.train()
         self.pos.evaluated_at = self.pos.step
         self.pos.eval_seconds += time.perf_counter() - start
@@ -342,6 +384,15 @@ class _TrainingRun:
                    "main_metric": self.task.main_metric,
                    "best_acc": self.selector.best["acc"], "best_loss": self.selector.best["loss"],
                    "final": pos.last, "optimizer_steps": pos.step,
+                   # what chose the checkpoints, and every split's scores at the chosen ones
+                   "selection": {"rule": getattr(self.args, "select", "dev"),
+                                 "split": next(iter(self.dev_features)), "metric": self.metric,
+                                 "eval_steps": self.args.eval_steps,
+                                 "eval_start_epoch": getattr(self.args, "eval_start_epoch", 1)},
+                   "chosen_acc": self.selector.chosen["acc"],
+                   "chosen_loss": self.selector.chosen["loss"],
+                   "best_by_split": self.selector.peak,
+                   "schedule_steps": self.schedule_total,
                    "train_examples_seen": pos.seen, "processes": parallel.world_size(),
                    "train_seconds": seconds, "eval_seconds": pos.eval_seconds,
                    "train_samples_per_second": pos.seen / seconds,

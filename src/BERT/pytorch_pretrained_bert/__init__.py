@@ -5,10 +5,11 @@ from .modeling import (BertConfig, BertForSequenceClassification, BertModel, Cla
 from .optimization import SCHEDULES, BertAdam
 from .serialization import (atomic_link, atomic_write, load_safetensors, load_state_dict_file,
                             save_safetensors)
-from .tokenization import BasicTokenizer, BertTokenizer, WordpieceTokenizer
+from .tokenization import (TOKENIZERS, BasicTokenizer, BertTokenizer, MPNetTokenizer,
+                           WordpieceTokenizer)
 
 __all__ = ["BertConfig", "BertModel", "BertForSequenceClassification", "ClassifierOutput",
            "EncoderOutput", "count_parameters", "load_config", "load_pretrained_weights",
            "normalize_state_dict", "plain_schedule", "BertAdam", "SCHEDULES", "atomic_link",
            "atomic_write", "load_safetensors", "load_state_dict_file", "save_safetensors",
-           "BertTokenizer", "BasicTokenizer", "WordpieceTokenizer"]
+           "BertTokenizer", "BasicTokenizer", "WordpieceTokenizer", "MPNetTokenizer", "TOKENIZERS"]

@@ -2,7 +2,13 @@
 
 Written from the public description of BERT (Devlin et al., 2019). Names such as
 `bert.encoder.layer.N.attention.self.query.weight` match the published checkpoints, so they load
-one to one. The encoder runs its layers in a `schedule` of (layer index, swap Q/K) pairs: the plain
+one to one. The same classes run MPNet (Song et al., 2020) when the config says
+`model_type: mpnet`: its attention, feed-forward and LayerNorm placement are BERT's, and it
+differs in four places, each a config switch here: no token-type embeddings; position ids
+that start at `pad_token_id + 1`; a relative position bias (T5's bidirectional log buckets, one
+table for all layers, computed once per forward) added to every layer's attention scores; and
+LayerNorm eps 1e-5 (a config field). Its checkpoints' names (`attention.attn.q`, ...) are mapped
+onto BERT's when loaded (`normalize_state_dict`). The encoder runs its layers in a `schedule` of (layer index, swap Q/K) pairs: the plain
 schedule runs each layer once; a schedule that repeats layers with the swap set is SPS (the
 project's `utils/modeling.py` builds it). The model holds no training code, and each `forward`
 always returns the same named tuple.
@@ -17,6 +23,7 @@ below turn these off.
 import contextlib
 import copy
 import json
+import math
 from pathlib import Path
 from typing import NamedTuple
 
@@ -48,6 +55,8 @@ PACK_MIN_PADDING = 0.1
 CUDA_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 CONFIG_NAMES = ("config.json", "bert_config.json")
+# config.json's `model_type` values these classes run; a config without one is BERT
+MODEL_FAMILIES = ("bert", "mpnet")
 WEIGHTS_NAMES = ("model.safetensors", "pytorch_model.bin")
 
 
@@ -57,13 +66,18 @@ class BertConfig:
     FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
               "intermediate_size", "hidden_act", "hidden_dropout_prob",
               "attention_probs_dropout_prob", "max_position_embeddings", "type_vocab_size",
-              "initializer_range", "layer_norm_eps")
+              "initializer_range", "layer_norm_eps", "model_type",
+              "relative_attention_num_buckets", "pad_token_id")
+    # fields every config.json must have (the rest have BERT-base's defaults)
+    REQUIRED = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                "intermediate_size")
 
     def __init__(self, vocab_size_or_config_json_file=30522, hidden_size=768, num_hidden_layers=12,
                  num_attention_heads=12, intermediate_size=3072, hidden_act="gelu",
                  hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
                  max_position_embeddings=512, type_vocab_size=2, initializer_range=0.02,
-                 layer_norm_eps=1e-12):
+                 layer_norm_eps=1e-12, model_type="bert", relative_attention_num_buckets=0,
+                 pad_token_id=0):
         if isinstance(vocab_size_or_config_json_file, (str, Path)):
             loaded = BertConfig.from_json_file(vocab_size_or_config_json_file)
             self.__dict__.update(loaded.__dict__)
@@ -80,31 +94,64 @@ class BertConfig:
         self.type_vocab_size = type_vocab_size
         self.initializer_range = initializer_range
         self.layer_norm_eps = layer_norm_eps
+        # MPNet: no token types, positions from pad_token_id + 1, a relative position bias
+        self.model_type = model_type
+        self.relative_attention_num_buckets = relative_attention_num_buckets
+        self.pad_token_id = pad_token_id
+        if model_type not in MODEL_FAMILIES:
+            raise ValueError(f"model_type {model_type!r} is not one of {', '.join(MODEL_FAMILIES)}")
         if hidden_size % num_attention_heads:
             raise ValueError(f"hidden_size {hidden_size} is not a multiple of "
                              f"num_attention_heads {num_attention_heads}")
 
-    # fields that must be positive whole numbers, and fields that must be numbers in [0, 1)
+    # fields that must be positive whole numbers, whole numbers >= 0, and numbers in [0, 1)
     SIZES = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
              "intermediate_size", "max_position_embeddings", "type_vocab_size")
+    COUNTS = ("relative_attention_num_buckets", "pad_token_id")
     PROBABILITIES = ("hidden_dropout_prob", "attention_probs_dropout_prob")
+
+    @property
+    def position_offset(self):
+        """The first position id (MPNet counts from pad_token_id + 1, as RoBERTa does)."""
+        return self.pad_token_id + 1 if self.model_type == "mpnet" else 0
+
+    @property
+    def max_positions(self):
+        """The longest input the position table holds."""
+        return self.max_position_embeddings - self.position_offset
 
     @classmethod
     def from_dict(cls, data):
-        """Builds a config from a dict; keys other than BERT's hyperparameters are ignored.
+        """Builds a config from a dict; keys other than the hyperparameters are ignored.
 
-        A value of the wrong type or range is a ValueError naming the field, so a malformed
-        config.json fails here and not deep inside the model.
+        A missing required field, or a value of the wrong type or range, is a ValueError naming
+        the field, so a malformed config.json fails here and not deep inside the model (or, worse,
+        runs with BERT-base's default). An MPNet config (`model_type: mpnet`) has no token types.
         """
         if not isinstance(data, dict):
             raise ValueError(f"config is a JSON {type(data).__name__}, not an object")
         known = {k: data[k] for k in cls.FIELDS if k in data}
-        if "vocab_size" not in known:
-            raise ValueError("config has no vocab_size")
+        missing = [k for k in cls.REQUIRED if k not in known]
+        if missing:
+            raise ValueError(f"config has no {', '.join(missing)}")
+        family = known.setdefault("model_type", "bert")
+        if family not in MODEL_FAMILIES:
+            raise ValueError(f"config model_type {family!r} is not supported; these classes run "
+                             f"{', '.join(MODEL_FAMILIES)}")
+        if family == "mpnet":
+            known["type_vocab_size"] = 1  # unused: MPNet has no token-type embeddings
+            known.setdefault("pad_token_id", 1)
+            known.setdefault("relative_attention_num_buckets", 32)
+        else:
+            known["relative_attention_num_buckets"] = 0
         for k in cls.SIZES:
             v = known.get(k, 1)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"config field {k} is {v!r}, expected a positive integer")
+        for k in cls.COUNTS:
+            v = known.get(k, 0)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"config field {k} is {v!r}, expected an integer >= 0")
         for k in cls.PROBABILITIES:
             v = known.get(k, 0.0)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
@@ -151,22 +198,49 @@ ACT2FN = {"gelu": F.gelu, "relu": F.relu, "gelu_new": gelu_tanh, "gelu_pytorch_t
 
 
 class BertEmbeddings(nn.Module):
-    """Word + position + token type embeddings, then LayerNorm and dropout."""
+    """Word + position + token type embeddings, then LayerNorm and dropout.
+
+    MPNet has no token-type table, and its positions count from `config.position_offset`
+    (pad_token_id + 1): inputs are left-aligned, so position j of every row is j + offset.
+    """
 
     def __init__(self, config):
         super().__init__()
         self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
-        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.token_type_embeddings = (nn.Embedding(config.type_vocab_size, config.hidden_size)
+                                      if config.model_type == "bert" else None)
+        self.position_offset = config.position_offset
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, input_ids, token_type_ids):
         # input_ids, token_type_ids: (B, S) -> (B, S, H)
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        x = (self.word_embeddings(input_ids) + self.position_embeddings(positions)
-             + self.token_type_embeddings(token_type_ids))
+        positions = torch.arange(self.position_offset, self.position_offset + input_ids.shape[1],
+                                 device=input_ids.device)
+        x = self.word_embeddings(input_ids) + self.position_embeddings(positions)
+        if self.token_type_embeddings is not None:
+            x = x + self.token_type_embeddings(token_type_ids)
         return self.dropout(self.LayerNorm(x))
+
+
+def relative_position_bucket(relative_position, num_buckets, max_distance=128):
+    """T5's bidirectional bucket of each relative position (key index - query index).
+
+    Half of the buckets hold keys after the query, half keys at or before it. In each half the
+    first half of the buckets are exact distances 0..n/4-1 (n = num_buckets); longer distances
+    share buckets spaced by their logarithm up to `max_distance`, and anything farther goes to
+    the half's last bucket. relative_position: int64 of any shape -> bucket ids of that shape.
+    """
+    half = num_buckets // 2
+    distance = -relative_position  # > 0: the key lies before the query
+    bucket = (distance < 0).long() * half
+    distance = distance.abs()
+    exact = half // 2
+    far = exact + (torch.log(distance.float().clamp(min=1) / exact)
+                   / math.log(max_distance / exact) * (half - exact)).long()
+    far = far.clamp(max=half - 1)
+    return bucket + torch.where(distance < exact, distance, far)
 
 
 class Packing(NamedTuple):
@@ -318,6 +392,19 @@ class BertEncoder(nn.Module):
         self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
         self.schedule = plain_schedule(config.num_hidden_layers)
         self.swap_flip_prob = 0.0
+        # MPNet: (buckets, heads), one table shared by every layer
+        self.relative_attention_bias = (
+            nn.Embedding(config.relative_attention_num_buckets, config.num_attention_heads)
+            if config.relative_attention_num_buckets else None)
+
+    def position_bias(self, length, device):
+        """MPNet's relative position bias (1, heads, S, S) for inputs of `length`, or None."""
+        if self.relative_attention_bias is None:
+            return None
+        positions = torch.arange(length, device=device)
+        buckets = relative_position_bucket(positions[None, :] - positions[:, None],
+                                           self.relative_attention_bias.num_embeddings)
+        return self.relative_attention_bias(buckets).permute(2, 0, 1).unsqueeze(0)
 
     def set_schedule(self, schedule, swap_flip_prob=0.0):
         schedule = tuple((int(i), bool(s)) for i, s in schedule)
@@ -484,6 +571,10 @@ class BertModel(BertPreTrainedModel):
         if attention_mask is not None and not _no_padding(attention_mask):
             mask = extended_attention_mask(attention_mask, embedding_output.dtype)
             packing = choose_packing(attention_mask)
+        bias = self.encoder.position_bias(input_ids.shape[1], input_ids.device)
+        if bias is not None:
+            # MPNet: (1, heads, S, S) + (B, 1, 1, S) -> one additive (B, heads, S, S) mask
+            mask = bias if mask is None else bias + mask
         with attention_kernels(embedding_output.device):
             sequence_output, encoded_layers = self.encoder(embedding_output, mask,
                                                            output_all_encoded_layers, packing)
@@ -537,21 +628,34 @@ def load_pretrained_weights(directory):
     return load_state_dict_file(find_model_file(directory, WEIGHTS_NAMES, "weights"))
 
 
-def normalize_state_dict(state_dict, bert_prefix):
-    """Maps any published BERT key layout onto ours.
+# MPNet's names inside a layer -> BERT's (transformers' MPNetModel layout)
+MPNET_NAMES = (("attention.attn.q.", "attention.self.query."),
+               ("attention.attn.k.", "attention.self.key."),
+               ("attention.attn.v.", "attention.self.value."),
+               ("attention.attn.o.", "attention.output.dense."),
+               ("attention.LayerNorm.", "attention.output.LayerNorm."))
 
-    TF-style LayerNorm `gamma`/`beta` become `weight`/`bias`; the encoder's keys get exactly
+
+def normalize_state_dict(state_dict, bert_prefix):
+    """Maps any published BERT or MPNet key layout onto ours.
+
+    TF-style LayerNorm `gamma`/`beta` become `weight`/`bias`; MPNet's attention names
+    (`attention.attn.q`, ...) become BERT's (MPNET_NAMES); the encoder's keys get exactly
     `bert_prefix` ("bert." for a classifier, "" for a bare BertModel) whether or not the file
-    had one; pretraining heads (`cls.`) and `position_ids` buffers are dropped.
+    had one (`bert.` or `mpnet.`); pretraining heads (`cls.`, `lm_head.`) and `position_ids`
+    buffers are dropped.
     """
     out = {}
     for key, value in state_dict.items():
         key = key.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta",
                                                                          "LayerNorm.bias")
-        if key.startswith("cls.") or key.endswith("position_ids"):
+        for theirs, ours in MPNET_NAMES:
+            key = key.replace(theirs, ours)
+        if key.startswith(("cls.", "lm_head.")) or key.endswith("position_ids"):
             continue
-        if key.startswith("bert."):
-            key = key[len("bert."):]
+        for prefix in ("bert.", "mpnet."):
+            if key.startswith(prefix):
+                key = key[len(prefix):]
         is_head = not key.startswith(("embeddings.", "encoder.", "pooler."))
         out[key if is_head else bert_prefix + key] = value
     return out

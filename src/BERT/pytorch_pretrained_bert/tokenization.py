@@ -186,10 +186,19 @@ class WordpieceTokenizer:
 
 
 class BertTokenizer:
-    """End-to-end tokenization: basic tokenization followed by WordPiece."""
+    """End-to-end tokenization: basic tokenization followed by WordPiece.
+
+    `build_inputs` lays one text or a pair out with the model's special tokens:
+    `[CLS] A [SEP] B [SEP]`, segment ids 0 for `[CLS] A [SEP]` and 1 for `B [SEP]`.
+    """
+
+    cls_token, sep_token, unk_token = "[CLS]", "[SEP]", "[UNK]"
+    # separators between the two texts of a pair, and the segment id of the second text
+    pair_separator, second_segment = ("[SEP]",), 1
+    special_tokens = SPECIAL_TOKENS
 
     def __init__(self, vocab_file, do_lower_case=True, max_len=None, do_basic_tokenize=True,
-                 never_split=SPECIAL_TOKENS):
+                 never_split=None):
         if not os.path.isfile(vocab_file):
             raise FileNotFoundError(f"BERT vocabulary file not found: {vocab_file}")
         self.vocab = load_vocab(vocab_file)
@@ -197,9 +206,24 @@ class BertTokenizer:
         self.do_lower_case = do_lower_case
         self.do_basic_tokenize = do_basic_tokenize
         if do_basic_tokenize:
-            self.basic_tokenizer = BasicTokenizer(do_lower_case=do_lower_case, never_split=never_split)
-        self.wordpiece_tokenizer = WordpieceTokenizer(vocab=self.vocab)
+            self.basic_tokenizer = BasicTokenizer(
+                do_lower_case=do_lower_case,
+                never_split=self.special_tokens if never_split is None else never_split)
+        self.wordpiece_tokenizer = WordpieceTokenizer(vocab=self.vocab, unk_token=self.unk_token)
         self.max_len = max_len if max_len is not None else int(1e12)
+
+    @classmethod
+    def num_special_tokens(cls, pair):
+        """How many special tokens `build_inputs` adds to one text (pair=False) or a pair."""
+        return 2 + (len(cls.pair_separator) if pair else 0)
+
+    def build_inputs(self, tokens_a, tokens_b=None):
+        """(word pieces, segment ids) of one text or a pair, special tokens included."""
+        first = [self.cls_token] + list(tokens_a) + [self.sep_token]
+        if tokens_b is None:
+            return first, [0] * len(first)
+        second = list(self.pair_separator[1:]) + list(tokens_b) + [self.sep_token]
+        return first + second, [0] * len(first) + [self.second_segment] * len(second)
 
     def tokenize(self, text):
         """Text -> list of word pieces."""
@@ -271,3 +295,17 @@ def _config_do_lower_case(config_file):
     except (OSError, ValueError) as e:
         raise ValueError(f"cannot read tokenizer config {config_file}: {e}") from e
     return bool(config.get("do_lower_case", True))
+
+
+class MPNetTokenizer(BertTokenizer):
+    """MPNet's tokenizer: BERT's WordPiece (same cleaning, lower-casing and `[UNK]`) with
+    RoBERTa-style special tokens, `<s> A </s></s> B </s>`, and one segment (MPNet has no
+    token-type embeddings, so every segment id is 0)."""
+
+    cls_token, sep_token, unk_token = "<s>", "</s>", "[UNK]"
+    pair_separator, second_segment = ("</s>", "</s>"), 0
+    special_tokens = ("<s>", "</s>", "<pad>", "[UNK]", "<mask>")
+
+
+# config.json's model_type -> the tokenizer class of that model family
+TOKENIZERS = {"bert": BertTokenizer, "mpnet": MPNetTokenizer}

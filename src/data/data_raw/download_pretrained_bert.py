@@ -3,16 +3,16 @@
 Usage: python download_pretrained_bert.py [--name bert-base-uncased] [--output_dir DIR] [--force]
 
 Every file goes to a temporary folder beside the model folder and is checked against the size the
-server announced; the folder is renamed into place only when all files have arrived, so a failure
-leaves nothing half-written. Errors are reported on one line and the exit status is 1.
+server announced; the folder is then checked as a model (the config parses, the vocabulary has
+the special tokens, the weights load) and renamed into place only then, so a failure leaves
+nothing half-written. Errors are reported on one line and the exit status is 1.
 """
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from http_fetch import FetchError, fetch
+from model_folder import install_folder
 
 # src/, the import root of the project's shared helpers (the help formatter, the summary lines)
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -51,35 +51,14 @@ def build_parser():
 
 
 def download_model(name, files, output_dir, base_url, timeout):
-    """Fetch every file into a temporary folder in output_dir, then rename it to output_dir/<name>."""
-    final = output_dir / name
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=output_dir))
-    except OSError as exc:
-        raise FetchError(f"cannot write under {output_dir}: {exc.strerror or exc}")
-    try:
-        staged = work / name
-        staged.mkdir()
+    """Fetches every file into a temporary folder in output_dir, checks it as a model, then
+    renames it to output_dir/<name> (model_folder.install_folder)."""
+    def fill(staged, _work):
         for file_name in files:
             print(f"downloading {base_url}/{file_name} ...", flush=True)
             fetch(f"{base_url}/{file_name}", staged / file_name, timeout)
-        if final.exists():
-            # Moved aside rather than deleted first, so it can be put back if the swap fails.
-            previous = work / "previous"
-            final.rename(previous)
-            try:
-                staged.rename(final)
-            except OSError:
-                previous.rename(final)
-                raise
-        else:
-            staged.rename(final)
-    except OSError as exc:
-        raise FetchError(f"cannot write under {output_dir}: {exc.strerror or exc}")
-    finally:
-        # Also runs on Ctrl-C, so an interrupted download leaves no partial files.
-        shutil.rmtree(work, ignore_errors=True)
+
+    return install_folder(output_dir, name, fill)
 
 
 def main(argv=None):
