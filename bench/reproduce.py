@@ -25,9 +25,10 @@ sys.path[:0] = [str(BENCH.parent / "src"), str(BENCH)]
 
 from grid import plan as grid_plan  # noqa: E402
 from grid import records, report  # noqa: E402
-from grid.plan import KINDS, VARIANTS, GridError  # noqa: E402
+from grid.plan import KINDS, PAPER_VARIANTS, VARIANTS, GridError  # noqa: E402
 from grid.protocols import DEFAULT_PROTOCOL, PROTOCOLS, apply_protocol  # noqa: E402
 from grid.run import run_stages  # noqa: E402
+from grid.stats import METHOD_CLAIMS  # noqa: E402
 from utils.args import SELECT_RULES, TASK_NAMES, HelpFormatter, Parser, str2bool  # noqa: E402
 from utils.checkpoints import write_json  # noqa: E402
 from utils.features import FEATURE_CACHE_ENV  # noqa: E402
@@ -51,8 +52,9 @@ def build_parser():
                         "flag marked (protocol) defaults to it")
     # None = "the protocol's value"; see grid/protocols.py
     p.add_argument("--seeds", default=None, help="student seeds, e.g. 1,2,3,4,5 (protocol)")
-    p.add_argument("--variants", default=",".join(VARIANTS),
-                   help="comma list of student variants: " + ", ".join(VARIANTS))
+    p.add_argument("--variants", default=",".join(PAPER_VARIANTS),
+                   help="comma list of student variants: " + ", ".join(VARIANTS)
+                        + " (the compared methods: docs/baselines.md)")
     p.add_argument("--student_hidden_layers", type=int, default=3,
                    help="physical layers of every student (an SPS student runs twice as many)")
     p.add_argument("--teacher_epochs", type=float, default=None,
@@ -241,9 +243,11 @@ def main(argv=None):
     rows = report.comparisons(frame, metric, grain)
     best_rows = (report.comparisons(frame, "best_dev", grain)
                  if args.select == "train_slice" else None)
+    method_rows = report.comparisons(frame, metric, grain, METHOD_CLAIMS)
     frame.to_csv(work / "results.csv", index=False)
     text = report.markdown(frame, ptp, rows, metric,
-                           settings_header(args, given) + progress_line(stages), best_rows)
+                           settings_header(args, given) + progress_line(stages), best_rows,
+                           method_rows)
     (work / "results.md").write_text(text)
     write_json(work / "grid_settings.json", {k: v for k, v in vars(args).items()
                                              if not k.endswith("_list")})

@@ -9,15 +9,15 @@
 --train_type ft | kd | pkd sets the loss (presets in utils/args.py; explicit flags win);
 --model_type Original | SPS | SPS_no_shuffle sets the student's layer schedule.
 """
-from utils.args import (add_distill_args, add_model_args, add_output_args, add_task_args,
-                        add_teacher_file_args, add_train_args, new_parser)
+from utils.args import (add_distill_args, add_method_args, add_model_args, add_output_args,
+                        add_task_args, add_teacher_file_args, add_train_args, new_parser)
 from utils.pipeline import run_cli, train_student
 
 
 def build_parser():
     parser = new_parser(__doc__)
     for add in (add_task_args, add_model_args, add_output_args, add_train_args,
-                add_distill_args, add_teacher_file_args):
+                add_distill_args, add_teacher_file_args, add_method_args):
         add(parser)
     return parser
 

@@ -7,8 +7,9 @@ layers the second pass re-runs; default all, the original 6-layer student re-ran
     python src/finetune_ER.py --task MRPC --train_type pkd --student_hidden_layers 6 \
         --sps_layers 4,5,6 --output_dir run-1/er
 """
-from utils.args import (add_distill_args, add_model_args, add_output_args, add_sps_args,
-                        add_task_args, add_teacher_file_args, add_train_args, new_parser)
+from utils.args import (add_distill_args, add_method_args, add_model_args, add_output_args,
+                        add_sps_args, add_task_args, add_teacher_file_args, add_train_args,
+                        new_parser)
 from utils.errors import PeakdError
 from utils.modeling import second_pass_layers
 from utils.pipeline import run_cli, train_student
@@ -17,7 +18,7 @@ from utils.pipeline import run_cli, train_student
 def build_parser():
     parser = new_parser(__doc__)
     for add in (add_task_args, add_model_args, add_output_args, add_train_args,
-                add_distill_args, add_teacher_file_args, add_sps_args):
+                add_distill_args, add_teacher_file_args, add_method_args, add_sps_args):
         add(parser)
     parser.set_defaults(model_type="SPS")
     return parser

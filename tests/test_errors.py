@@ -242,8 +242,8 @@ CASES = {
     "ptp_thresholds zero": ptp_thresholds("0,0.5"),
     "ptp_thresholds one": ptp_thresholds("0.9,1"),
     "ptp_thresholds above one": ptp_thresholds("1.5,0.5"),
-    "alpha above one": lambda c: ("finetune", c.args("--alpha", 1.5), ["--alpha 1.5", "[0, 1]"]),
-    "alpha below zero": lambda c: ("finetune", c.args("--alpha", -0.1), ["--alpha -0.1"]),
+    "alpha above one": lambda c: ("finetune", c.pkd("--alpha", 1.5), ["--alpha 1.5", "[0, 1]"]),
+    "alpha below zero": lambda c: ("finetune", c.pkd("--alpha", -0.1), ["--alpha -0.1"]),
     "output dir with a finished run": finished_run,
     "accumulation not dividing the batch": lambda c: (
         "finetune", c.args("--gradient_accumulation_steps", 3),
@@ -296,7 +296,8 @@ def test_overwrite_output_dir_replaces_a_finished_run(request, tmp_path):
 
 def base_argv(c, script):
     """A command line of `script` that runs on the tiny files (the cases change one flag)."""
-    return {"finetune": c.args, "finetune_ER": c.args,
+    # pkd: the train type that reads every distillation flag of the cases
+    return {"finetune": c.pkd, "finetune_ER": c.pkd,
             "PTP": lambda: c.args("--teacher_prediction", c.teacher.file),
             "save_teacher_outputs": lambda: c.save_outputs(c.teacher.run),
             "export_hf": lambda: ["--run_dir", c.teacher.run, "--export_dir", c.tmp / "export"],
@@ -349,7 +350,8 @@ PATH_KIND_CASES = {
     "bert_model is a file": ("--bert_model", a_file,
                              lambda v: ["--bert_model", str(v), "is a file, expected a model"]),
     "teacher_dir is a file": ("--teacher_dir", a_file,
-                              lambda v: ["--teacher_dir", str(v), "is a file, expected a folder"]),
+                              lambda v: ["--teacher_dir", str(v), "is a file, expected a folder"],
+                              ("--train_type", "ckd")),  # finetune's reader of the flag
     "run_dir is a file": ("--run_dir", a_file,
                           lambda v: ["--run_dir", str(v), "is a file, expected a folder"]),
     "load_model_dir is a folder": ("--load_model_dir", lambda c: c.tmp,
@@ -534,7 +536,9 @@ WARNING_CASES = {
 @pytest.mark.parametrize("name", WARNING_CASES)
 def test_suspicious_value_warns(name, case, capsys):
     script, extra, needle = WARNING_CASES[name]
-    argv = case.args("--teacher_prediction", case.teacher.file)
+    argv = case.args()
+    if "--train_type" in extra:  # the teacher file only where the train type reads it
+        argv = case.args("--teacher_prediction", case.teacher.file)
     for i in range(0, len(extra), 2):
         argv = with_flag(argv, extra[i], extra[i + 1])
     capsys.readouterr()

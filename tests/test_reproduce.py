@@ -551,3 +551,54 @@ def test_a_grid_under_train_slice_selection_reports_both_scores(tmp_path):
     assert "## The same claims on best-on-dev scores" in table
     assert table.count("| PKD beats KD | pkd - kd | 2 |") == 2
     assert "Holm-adjusted interval" in table
+
+
+def test_the_compared_methods_plan_their_own_stages_and_settings(tmp_path):
+    """tinybert and minilm chain an intermediate stage (its train type, at TinyBERT's stage-1
+    settings) into their second stage, which loads its final encoder; ckd takes CKD's MRPC
+    lr and epochs; distil_cos the grid's; none takes the Pea-KD protocol's schedule flags;
+    the live-teacher stages name the teacher's run and read no teacher file."""
+    reproduce = load_reproduce()
+    _, argv = plan(reproduce, tmp_path, "--protocol", "authors_exact", "--variants",
+                   "pkd,tinybert,sps_tinybert,minilm,ckd,distil_cos")
+    assert list(argv)[:6] == ["teacher", "teacher_outputs", "tinybert_layer_SPS_seed1",
+                              "minilm_layer_Original_seed1", "tinybert_layer_Original_seed1",
+                              "sps_tinybert_seed1"]
+    layer = argv["tinybert_layer_Original_seed1"]
+    assert [flag(layer, f) for f in ("--train_type", "--learning_rate", "--num_train_epochs",
+                                     "--model_type")] == ["tinybert_layer", "5e-05", "10.0",
+                                                          "Original"]
+    assert flag(layer, "--teacher_dir").endswith("teacher") and "--teacher_prediction" not in layer
+    pred = argv["tinybert_seed1"]
+    assert [flag(pred, f) for f in ("--train_type", "--learning_rate", "--num_train_epochs")] \
+        == ["tinybert_pred", "3e-05", "3.0"]
+    assert flag(pred, "--load_model_dir").endswith("tinybert_layer_Original_seed1/"
+                                                   "BERT.encoder_final.pkl")
+    assert flag(argv["sps_tinybert_seed1"], "--model_type") == "SPS"
+    assert flag(argv["minilm_seed1"], "--train_type") == "ft"
+    assert [flag(argv["ckd_seed1"], f) for f in ("--learning_rate", "--num_train_epochs")] \
+        == ["3e-05", "4.0"]
+    assert flag(argv["distil_cos_seed1"], "--learning_rate") == "2e-05"
+    for name in ("tinybert_seed1", "ckd_seed1", "distil_cos_seed1", "minilm_seed1"):
+        assert "--schedule_applied_twice" not in argv[name] and "--no_shuffle" not in argv[name]
+        assert flag(argv[name], "--eval_steps") == "1"  # the grid's evaluation cadence
+    assert "--schedule_applied_twice" in argv["pkd_seed1"]
+    assert "--teacher_prediction" not in argv["ckd_seed1"]
+
+
+def test_a_grid_with_the_compared_methods_tables_them(tmp_path):
+    glue = make_glue(tmp_path / "glue", tasks=("MRPC",))
+    bert = make_tiny_bert(tmp_path / "bert", glue)
+    work = tmp_path / "work"
+    frame = load_reproduce().main(
+        ["--task", "MRPC", "--bert_model", str(bert), "--data_dir", str(glue), "--work_dir",
+         str(work), "--protocol", "quick", "--seeds", "1,2", "--variants",
+         "pkd,ckd,sps_ckd,tinybert", "--student_hidden_layers", "2", "--max_seq_length", "24",
+         "--train_batch_size", "8", "--max_steps", "2", "--no_plot", "--jobs", "2"])
+    assert set(frame["variant"]) == {"teacher", "pkd", "ckd", "sps_ckd", "tinybert"}
+    table = (work / "results.md").read_text()
+    assert "## The compared methods against PKD and PeaKD" in table
+    assert "| CKD beats PKD | ckd - pkd | 2 |" in table and "| SPS helps CKD | sps_ckd - ckd |" \
+        in table
+    results = json.loads((work / "ckd_seed1" / "eval_results.json").read_text())
+    assert results["teacher_forwards"] > 0

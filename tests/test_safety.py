@@ -1,4 +1,5 @@
 """Safe files: atomic checkpoints and teacher files, pickles that would run code, diverged runs."""
+import dataclasses
 import math
 import os
 import pickle
@@ -215,7 +216,7 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_checkpoints_of_earlier_steps(tin
     build_objective = pipeline.build_objective
 
     def poisoned_build_objective(*args, **kwargs):
-        objective, needs_layers = build_objective(*args, **kwargs)
+        objective = build_objective(*args, **kwargs)
 
         def objective_turning_nan(outputs, batch):
             seen["calls"] = seen.get("calls", 0) + 1
@@ -225,7 +226,7 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_checkpoints_of_earlier_steps(tin
             # what the disk held before the step whose loss is NaN
             seen.setdefault("before", checkpoints(out))
             return loss * math.nan
-        return objective_turning_nan, needs_layers
+        return dataclasses.replace(objective, loss=objective_turning_nan)
 
     monkeypatch.setattr(pipeline, "build_objective", poisoned_build_objective)
     with pytest.raises(SystemExit) as exit_info:

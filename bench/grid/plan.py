@@ -22,26 +22,55 @@ from utils.checkpoints import write_json
 from utils.errors import PeakdError
 from utils.glue import get_task
 from utils.modeling import resolve_bert_model
+from utils import methods
+from utils.distill import LIVE_TEACHER
+from utils.methods import CKD, MINILM, TINYBERT
 from utils.ptp import parse_thresholds_flag
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 RECORD = "grid_stage.json"
 WORK = "<work>"
 
-# variant -> (train_type, model_type, PTP start point or None)
+@dataclass(frozen=True)
+class Variant:
+    """A student variant: its train type and layer schedule, the start point it needs (a PTP
+    run of that model type, or an intermediate `layer` stage of that train type, whose final
+    encoder it loads), and whose settings its stages take: `peakd` (the protocol's) or a
+    compared method's own published ones (utils/methods.py)."""
+    train_type: str
+    model_type: str
+    ptp: str = None
+    layer: str = None
+    method: str = "peakd"
+
+
+def _sps(variant):
+    return replace(variant, model_type="SPS")
+
+
+# the compared methods (docs/baselines.md), each also on an SPS student (`sps_<method>`)
+METHODS = {"tinybert": Variant("tinybert_pred", "Original", layer="tinybert_layer",
+                               method="tinybert"),
+           "minilm": Variant("ft", "Original", layer="minilm_layer", method="minilm"),
+           "ckd": Variant("ckd", "Original", method="ckd"),
+           "distil_cos": Variant("distil_cos", "Original", method="distil_cos")}
 VARIANTS = {
-    "ft": ("ft", "Original", None),
-    "kd": ("kd", "Original", None),
-    "pkd": ("pkd", "Original", None),
-    "sps_no_shuffle_pkd": ("pkd", "SPS_no_shuffle", None),
-    "sps_pkd": ("pkd", "SPS", None),
-    "ptp_pkd": ("pkd", "Original", "Original"),
-    "ptp_sps_pkd": ("pkd", "SPS", "SPS"),
+    "ft": Variant("ft", "Original"),
+    "kd": Variant("kd", "Original"),
+    "pkd": Variant("pkd", "Original"),
+    "sps_no_shuffle_pkd": Variant("pkd", "SPS_no_shuffle"),
+    "sps_pkd": Variant("pkd", "SPS"),
+    "ptp_pkd": Variant("pkd", "Original", ptp="Original"),
+    "ptp_sps_pkd": Variant("pkd", "SPS", ptp="SPS"),
+    **{name: v for m, v in METHODS.items() for name, v in ((m, v), (f"sps_{m}", _sps(v)))},
 }
+# the variants a grid runs unless --variants names others: the paper's ablation
+PAPER_VARIANTS = ("ft", "kd", "pkd", "sps_no_shuffle_pkd", "sps_pkd", "ptp_pkd", "ptp_sps_pkd")
 # stage kind -> (script, the grid flag whose extra script flags every stage of that kind gets)
 KINDS = {"teacher": ("finetune.py", "--teacher_args"),
          "teacher_outputs": ("save_teacher_outputs.py", "--teacher_outputs_args"),
          "ptp": ("PTP.py", "--ptp_args"),
+         "layer": ("finetune.py", "--layer_args"),
          "student": ("finetune.py", "--student_args")}
 # the stages --teacher_from takes from another grid's work folder
 TEACHER_KINDS = ("teacher", "teacher_outputs")
@@ -150,7 +179,7 @@ def check_inputs(args):
     if not 1 <= k <= depth:
         raise GridError(f"--student_hidden_layers {k} must be in 1..{depth} (the pretrained "
                         f"model {args.bert_model} has {depth} layers)")
-    sps = [v for v in args.variant_list if VARIANTS[v][1] != "Original"]
+    sps = [v for v in args.variant_list if VARIANTS[v].model_type != "Original"]
     # PKD-skip pairs n effective layers with a depth-layer teacher only while n < 2 * depth
     if sps and 2 * k >= 2 * depth:
         raise GridError(f"--student_hidden_layers {k}: the SPS variants {sps} run {2 * k} "
@@ -201,44 +230,93 @@ def plan_grid(args, work, depth):
         (["--eval_start_epoch", str(args.eval_start_epoch)]
          if getattr(args, "eval_start_epoch", 1) not in (None, 1) else []) + \
         optional("--select_metric", args, "select_metric")
-    # Per seed: the PTP runs first, SPS's leading, then the PTP students, then the rest. The
-    # runner starts the first ready stage in this order, so with --jobs > 1 the longest chain
-    # (SPS PTP run -> its SPS student) starts first and does not finish the seed last.
+    # Per seed: the start-point stages first (PTP runs, then intermediate layer stages), SPS's
+    # leading, then the students that need them, then the rest. The runner starts the first ready
+    # stage in this order, so with --jobs > 1 the longest chains start first and do not finish
+    # the seed last.
     def chain_first(name):
-        ptp = VARIANTS[name][2]
-        return (ptp is None, ptp != "SPS")
+        v = VARIANTS[name]
+        chained = v.ptp is not None or v.layer is not None
+        return (not chained, not chained or v.model_type != "SPS")
 
+    method_common = optional("--eval_steps", args, "eval_steps")
     for seed in seeds:
         seed_args = student + ["--train_seed", seed]
-        ptp_stages = {}
-        for ptp in sorted({VARIANTS[n][2] for n in variants} - {None}, key=lambda m: m != "SPS"):
+        # a student that reads no teacher file (ft; a teacher running alongside) is not given it
+        no_file = train + ["--student_hidden_layers", str(args.student_hidden_layers),
+                           "--train_seed", seed]
+        starts = {}
+        for ptp in sorted({VARIANTS[n].ptp for n in variants} - {None}, key=lambda m: m != "SPS"):
             ptp_dir = work / f"ptp_{ptp}_seed{seed}"
-            ptp_stages[ptp] = Stage(f"ptp_{ptp}_seed{seed}", "ptp", seed_args + thresholds + [
+            starts["ptp", ptp] = Stage(f"ptp_{ptp}_seed{seed}", "ptp", seed_args + thresholds + [
                 "--num_train_epochs", str(args.ptp_epochs), "--learning_rate",
                 str(args.ptp_lr), "--model_type", ptp, "--output_dir", str(ptp_dir)]
                 + ptp_schedule,
                 ptp_dir / "PTP.eval_results.json", ptp_dir / RECORD,
                 needs=("teacher_outputs",), seed=seed, ptp_dir=ptp_dir)
-        stages += ptp_stages.values()
+        layers = sorted({(VARIANTS[n].layer, VARIANTS[n].model_type, VARIANTS[n].method)
+                         for n in variants if VARIANTS[n].layer},
+                        key=lambda t: (t[1] != "SPS", t[0]))
+        for layer, model_type, method in layers:
+            out = work / f"{layer}_{model_type}_seed{seed}"
+            settings = methods_table(method)["layer"]
+            starts["layer", layer, model_type] = Stage(
+                out.name, "layer", no_file + [
+                    "--num_train_epochs", str(settings["epochs"]), "--learning_rate",
+                    str(settings["learning_rate"]), "--train_type", layer, "--model_type",
+                    model_type, "--teacher_dir", str(teacher), "--output_dir", str(out)]
+                + method_common, out / "eval_results.json", out / RECORD,
+                needs=("teacher",), seed=seed)
+        stages += starts.values()
         for name in sorted(variants, key=chain_first):
-            train_type, model_type, ptp = VARIANTS[name]
-            start, needs, ptp_dir = [], ("teacher_outputs",), None
-            if ptp:
-                ptp_dir = ptp_stages[ptp].ptp_dir
-                start = ["--load_model_dir", str(ptp_dir / "PTP.encoder_loss.pkl")]
-                needs = (ptp_stages[ptp].label,)
+            v = VARIANTS[name]
             out = work / f"{name}_seed{seed}"
-            stages.append(Stage(f"{name}_seed{seed}", "student", seed_args + start + [
-                "--num_train_epochs", str(args.epochs), "--learning_rate", str(args.lr),
-                "--train_type", train_type, "--model_type", model_type, "--output_dir",
-                str(out)] + student_schedule, out / "eval_results.json", out / RECORD,
-                needs=needs,
-                variant=name, seed=seed, ptp_dir=ptp_dir))
+            start, needs, ptp_dir = [], ("teacher_outputs",), None
+            if v.ptp:
+                ptp_dir = starts["ptp", v.ptp].ptp_dir
+                start = ["--load_model_dir", str(ptp_dir / "PTP.encoder_loss.pkl")]
+                needs = (starts["ptp", v.ptp].label,)
+            if v.layer:
+                first = starts["layer", v.layer, v.model_type]
+                start = ["--load_model_dir", str(first.record.parent / "BERT.encoder_final.pkl")]
+                needs = (first.label,) + (("teacher_outputs",) if v.train_type != "ft" else ())
+            lr, epochs, schedule = args.lr, args.epochs, student_schedule
+            if v.method != "peakd":
+                lr, epochs = method_settings(v, args)
+                schedule = method_common
+            if v.train_type == "ft":
+                head = no_file
+            elif v.train_type in LIVE_TEACHER:
+                head = no_file + ["--teacher_dir", str(teacher)]
+                needs = ("teacher",)
+            else:
+                head = seed_args
+            stages.append(Stage(f"{name}_seed{seed}", "student", head + start + [
+                "--num_train_epochs", str(epochs), "--learning_rate", str(lr),
+                "--train_type", v.train_type, "--model_type", v.model_type, "--output_dir",
+                str(out)] + schedule, out / "eval_results.json", out / RECORD,
+                needs=needs, variant=name, seed=seed, ptp_dir=ptp_dir))
     for stage in stages:
         stage.extra = extra[stage.kind]
         check_extra(stage)
         stage.argv = stage.argv + stage.extra
     return teacher, stages
+
+
+def methods_table(method):
+    """A compared method's published settings (utils/methods.py)."""
+    return {"tinybert": TINYBERT, "minilm": MINILM}[method]
+
+
+def method_settings(variant, args):
+    """(learning rate, epochs) of a compared method's student stage: its authors' values where
+    they published them (TinyBERT's prediction stage, CKD's per-task table), else the grid's."""
+    if variant.method == "tinybert":
+        return TINYBERT["pred"]["learning_rate"], TINYBERT["pred"]["epochs"]
+    if variant.method == "ckd":
+        row = methods.for_task(CKD, args.task)
+        return row["learning_rate"], row["epochs"]
+    return args.lr, args.epochs
 
 
 def optional(flag, args, key):

@@ -191,10 +191,11 @@ def claim_scores(frame, metric):
             for v, g in students.groupby("variant")}
 
 
-def comparisons(frame, metric, grain=None):
-    """The paper's claims on `metric` (a column: the chosen checkpoints' dev score, or
-    best_dev), Holm-adjusted over the table; grain: one dev example in the metric's units."""
-    return compare_claims(claim_scores(frame, metric), grain=grain)
+def comparisons(frame, metric, grain=None, claims=None):
+    """The paper's claims (or `claims`, e.g. stats.METHOD_CLAIMS) on `metric` (a column: the
+    chosen checkpoints' dev score, or best_dev), those whose variants ran, Holm-adjusted over
+    the table; grain: one dev example in the metric's units."""
+    return compare_claims(claim_scores(frame, metric), claims, grain=grain)
 
 
 def comparisons_table(rows, metric):
@@ -265,10 +266,10 @@ def selection_line(frame):
     return f"Mixed selection rules: {sorted(rules)}; compare with care.\n\n"
 
 
-def markdown(frame, ptp, rows, metric, header="", best_rows=None):
+def markdown(frame, ptp, rows, metric, header="", best_rows=None, method_rows=None):
     """results.md: settings header, the selection rule, per-variant and per-seed tables, claims
-    (and, under train-slice selection, the claims on best-on-dev scores), PTP labels and
-    warnings."""
+    (and, under train-slice selection, the claims on best-on-dev scores), the compared methods
+    against PKD and PeaKD, PTP labels and warnings."""
     parts = [header, selection_line(frame), "## Per variant (mean ± std over seeds)\n\n",
              summarize(frame), overhead_line(frame), provenance_line(frame, "code", "Code", 12),
              provenance_line(frame, "machine", "CPU"),
@@ -278,7 +279,11 @@ def markdown(frame, ptp, rows, metric, header="", best_rows=None):
                   comparisons_table(rows, metric)]
     if best_rows:
         parts += ["\n## The same claims on best-on-dev scores (dev chose these)\n\n",
-                  seed_table(frame, "best_dev", with_f1=False), "\n", comparisons_table(best_rows, "best_dev")]
+                  seed_table(frame, "best_dev", with_f1=False), "\n",
+                  comparisons_table(best_rows, "best_dev")]
+    if method_rows:
+        parts += ["\n## The compared methods against PKD and PeaKD, paired over shared "
+                  "seeds\n\n", VERDICT_RULE, comparisons_table(method_rows, metric)]
     if ptp:
         parts += ["\n## PTP labels (train split)\n\n", ptp_table(ptp)]
         parts += [f"\n{w}\n" for _, w in ptp.values() if w]

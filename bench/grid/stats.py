@@ -16,6 +16,17 @@ CLAIMS = [
 ]
 
 
+# the compared methods (grid/plan.py METHODS) against PKD and PeaKD, and SPS under each:
+# "does SPS's doubled depth help objectives other than PKD?"
+METHOD_NAMES = {"tinybert": "TinyBERT", "minilm": "MiniLM", "ckd": "CKD",
+                "distil_cos": "DistilBERT's cosine"}
+METHOD_CLAIMS = [claim for m, name in METHOD_NAMES.items() for claim in (
+    (m, "pkd", f"{name} beats PKD"),
+    (m, "ptp_sps_pkd", f"{name} beats PeaKD"),
+    (f"sps_{m}", m, f"SPS helps {name}"),
+    (f"sps_{m}", "ptp_sps_pkd", f"{name} on SPS beats PeaKD"))]
+
+
 def t_two_sided_mass(t, df):
     """P(|T| <= t) for Student's t with an integer df >= 1 (t >= 0), in closed form
     (Abramowitz & Stegun 26.7.3-4): with theta = atan(t / sqrt(df)), c = cos(theta)^2,

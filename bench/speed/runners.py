@@ -112,12 +112,12 @@ class Ours:
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
 
     def train_step(self, batch, objective=None):
-        needs_layers = objective is not None and objective.needs_layers
+        outputs = {} if objective is None else objective.outputs
         if self.graphs:  # as utils/train.py: the last step's outputs are no longer read
             torch.compiler.cudagraph_mark_step_begin()
         with autocast(self.device, self.amp):
             out = self.forward(batch["input_ids"], batch["token_type_ids"],
-                               batch["attention_mask"], output_all_encoded_layers=needs_layers)
+                               batch["attention_mask"], **outputs)
             if objective is None:
                 loss = F.cross_entropy(out.logits.float(), batch["labels"])
             else:
@@ -175,11 +175,10 @@ def distill_objective(kind, model, num_examples, device, seed=0):
     teacher = {"logits": torch.randn(num_examples, 2, generator=g),
                "layer_cls": torch.randn(num_examples, TEACHER_LAYERS, model.config.hidden_size,
                                         generator=g)}
-    args = apply_presets(argparse.Namespace(train_type=kind, alpha=None, T=None, beta=None,
-                                            fc_layer_idx=None, normalize_patience=None))
-    objective, needs_layers = build_objective(args, get_task("MRPC"), model, teacher, device)
-    objective.needs_layers = needs_layers
-    return objective
+    args = apply_presets(argparse.Namespace(train_type=kind, task="MRPC", alpha=None, T=None,
+                                            beta=None, fc_layer_idx=None,
+                                            normalize_patience=None))
+    return build_objective(args, get_task("MRPC"), model, teacher, device)
 
 
 @contextlib.contextmanager

@@ -10,18 +10,41 @@ from pathlib import Path
 import envs
 
 from .errors import PeakdError
-from .glue import TASKS
+from .glue import TASKS, get_task
+from .methods import DISTIL_COS, loss_presets
 
 TASK_NAMES = tuple(spec.name for spec in TASKS.values())
 
 # Visible per-train-type defaults (README: Training types and presets); a flag given explicitly
-# always wins.
+# always wins. Each train type reads only the distillation flags named in TRAIN_TYPE_FLAGS; a
+# preset is given for those of them that have one.
 PRESETS = {
-    "ft": {"alpha": 0.0, "T": 1.0, "beta": 0.0, "normalize_patience": False},
-    "kd": {"alpha": 0.7, "T": 10.0, "beta": 0.0, "normalize_patience": False},
+    "ft": {},
+    "kd": {"alpha": 0.7, "T": 10.0},
     "pkd": {"alpha": 0.7, "T": 10.0, "beta": 100.0, "normalize_patience": True},
+    # the methods Pea-KD is compared with (utils/methods.py: their sources and per-task values)
+    "tinybert_layer": {},
+    "tinybert_pred": {"T": 1.0},
+    "minilm_layer": {},
+    "ckd": {"alpha": 0.7, "T": 4.0, "relation_weights": "1,1"},
+    "distil_cos": {"T": DISTIL_COS["T"], "alpha_ce": DISTIL_COS["alpha_ce"],
+                   "alpha_task": DISTIL_COS["alpha_task"], "alpha_cos": DISTIL_COS["alpha_cos"]},
 }
 TRAIN_TYPES = tuple(PRESETS)
+# the distillation flags each train type reads; another one given on the command line is
+# refused, and args.json records only these
+TRAIN_TYPE_FLAGS = {
+    "ft": (),
+    "kd": ("alpha", "T", "teacher_prediction"),
+    "pkd": ("alpha", "T", "beta", "normalize_patience", "fc_layer_idx", "teacher_prediction"),
+    "tinybert_layer": ("teacher_dir", "teacher_prediction"),
+    "tinybert_pred": ("T", "teacher_prediction"),
+    "minilm_layer": ("teacher_dir", "teacher_prediction"),
+    "ckd": ("alpha", "T", "relation_weights", "teacher_dir", "teacher_prediction"),
+    "distil_cos": ("T", "alpha_ce", "alpha_task", "alpha_cos", "teacher_dir",
+                   "teacher_prediction"),
+}
+DISTILL_FLAGS = tuple(dict.fromkeys(f for flags in TRAIN_TYPE_FLAGS.values() for f in flags))
 
 # torch.compile's modes. Those with CUDA graphs record one graph per padded batch shape on CUDA
 # (at most 16 with the CUDA default --pad_to_multiple_of 8) and replay it: a launch-bound step's
@@ -69,9 +92,15 @@ def new_parser(doc):
 
 
 def preset_help(text, key):
-    """A preset flag's help: `text` and its default per --train_type, from PRESETS."""
-    values = ", ".join(f"{t} {PRESETS[t][key]}" for t in TRAIN_TYPES)
-    return f"{text} (default: per --train_type: {values})"
+    """A preset flag's help: `text`, its default per --train_type from PRESETS, and the train
+    types that read it."""
+    values = ", ".join(f"{t} {PRESETS[t][key]}" for t in TRAIN_TYPES if key in PRESETS[t])
+    return f"{text} (default: per --train_type: {values}; {used_by(key)})"
+
+
+def used_by(key):
+    """'read by --train_type a, b' for a distillation flag."""
+    return "read by --train_type " + ", ".join(t for t, f in TRAIN_TYPE_FLAGS.items() if key in f)
 
 
 def str2bool(value):
@@ -228,7 +257,11 @@ def add_distill_args(parser):
     g = parser.add_argument_group("distillation (presets per --train_type; flags win)")
     g.add_argument("--train_type", default="ft", choices=TRAIN_TYPES,
                    help="loss: ft cross-entropy (MSE for regression); kd adds the teacher's "
-                        "softened predictions; pkd also its per-layer [CLS] vectors")
+                        "softened predictions; pkd also its per-layer [CLS] vectors; "
+                        "tinybert_layer / tinybert_pred TinyBERT's two stages; minilm_layer "
+                        "MiniLM's attention and value relations (then ft); ckd CKD's word and "
+                        "layer relations with KD; distil_cos DistilBERT's cosine loss with KD "
+                        "(docs/baselines.md)")
     g.add_argument("--alpha", type=float, default=None,
                    help=preset_help("weight of the KD term, in [0, 1]", "alpha"))
     g.add_argument("--T", type=float, default=None,
@@ -237,7 +270,7 @@ def add_distill_args(parser):
                    help=preset_help("weight of the patient loss, >= 0", "beta"))
     g.add_argument("--fc_layer_idx", default=None,
                    help="0-based teacher layers paired with the student's, e.g. 3,7 "
-                        "(default: the PKD-skip rule)")
+                        "(default: the PKD-skip rule; " + used_by("fc_layer_idx") + ")")
     g.add_argument("--normalize_patience", type=str2bool, default=None,
                    help=preset_help("L2-normalise [CLS] vectors in the patient loss "
                                     "(true/false)", "normalize_patience"))
@@ -248,7 +281,31 @@ def add_teacher_file_args(parser):
     g = parser.add_argument_group("teacher predictions")
     g.add_argument("--teacher_prediction", default=None,
                    help="teacher outputs file (default: the one save_teacher_outputs.py writes "
-                        "for this task, in the task's output folder)")
+                        "for this task, in the task's output folder; finetune.py: "
+                        + used_by("teacher_prediction") + ")")
+    return g
+
+
+def add_method_args(parser):
+    """The compared methods' teacher and the weights of their loss terms (defaults: their
+    authors')."""
+    g = parser.add_argument_group("compared methods (defaults: their authors' values)")
+    g.add_argument("--teacher_dir", default=None,
+                   help="the teacher's finetune.py run folder, for the train types whose teacher "
+                        "runs beside the student (tinybert_layer, minilm_layer, ckd, "
+                        "distil_cos; default: the run the teacher outputs file names)")
+    g.add_argument("--relation_weights", default=None,
+                   help=preset_help("weights of CKD's word and layer-transforming relation "
+                                    "terms, WR,LTR", "relation_weights"))
+    g.add_argument("--alpha_ce", type=float, default=None,
+                   help=preset_help("weight of T^2 KL(teacher || student), DistilBERT's",
+                                    "alpha_ce"))
+    g.add_argument("--alpha_task", type=float, default=None,
+                   help=preset_help("weight of the task's cross-entropy, in the place of "
+                                    "DistilBERT's masked-LM loss (its alpha_mlm)", "alpha_task"))
+    g.add_argument("--alpha_cos", type=float, default=None,
+                   help=preset_help("weight of the cosine loss on the last hidden states",
+                                    "alpha_cos"))
     return g
 
 
@@ -271,17 +328,32 @@ def add_sps_args(parser):
 
 
 def apply_presets(args):
-    """Fills the preset flags left at None from PRESETS[train_type]; checks their ranges."""
-    for key, value in PRESETS[args.train_type].items():
+    """Refuses the distillation flags --train_type does not read (TRAIN_TYPE_FLAGS), fills the
+    ones it reads left at None from PRESETS[train_type] (and, for the compared methods with
+    per-task values, utils/methods.py), and checks their ranges. The unread flags stay None
+    and are left out of args.json (runs.write_args)."""
+    used = TRAIN_TYPE_FLAGS[args.train_type]
+    unread = [f for f in DISTILL_FLAGS if f not in used and getattr(args, f, None) is not None]
+    if unread:
+        raise PeakdError(f"--{unread[0]} is not read by --train_type {args.train_type} "
+                         f"({used_by(unread[0])}); drop it")
+    task = getattr(args, "task", None)
+    try:
+        task = get_task(task).name if task else None
+    except PeakdError:
+        pass  # refused with its own message where the task is read
+    presets = {**PRESETS[args.train_type], **loss_presets(args.train_type, task)}
+    for key, value in presets.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
-    check_finite(args, ("alpha", "T", "beta"))
-    if not 0.0 <= args.alpha <= 1.0:
+    check_finite(args, ("alpha", "T", "beta", "alpha_ce", "alpha_task", "alpha_cos"))
+    if getattr(args, "alpha", None) is not None and not 0.0 <= args.alpha <= 1.0:
         raise PeakdError(f"--alpha {args.alpha} must be in [0, 1]")
-    if args.T <= 0:
+    if getattr(args, "T", None) is not None and args.T <= 0:
         raise PeakdError(f"--T {args.T} must be > 0")
-    if args.beta < 0:
-        raise PeakdError(f"--beta {args.beta} must be >= 0")
+    for name in ("beta", "alpha_ce", "alpha_task", "alpha_cos"):
+        if getattr(args, name, None) is not None and getattr(args, name) < 0:
+            raise PeakdError(f"--{name} {getattr(args, name)} must be >= 0")
     return args
 
 

@@ -7,6 +7,7 @@ H the hidden size. Every loss returns a 0-d tensor on the inputs' device.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -201,3 +202,200 @@ def _whole(x) -> int:
     if i != x:
         raise ValueError(x)
     return i
+
+
+# --- the methods Pea-KD is compared with (docs/baselines.md: sources, defaults, choices) --------
+#
+# Shapes: B batch, S its (padded) length, h heads, d head size, H hidden size, L matched layers;
+# mask (B, S) is 1 for a real token and 0 for padding. Padding positions of hidden states and
+# q/k/v hold no defined value (computed, or zeros on the CPU's packed path), so every loss below
+# masks them out on both sides.
+
+def attention_scores(q: torch.Tensor, k: torch.Tensor,
+                     position_bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The attention scores before the mask and the softmax, in fp32:
+
+        A = q k^T / sqrt(d)  (+ MPNet's relative position bias)
+
+    Args: q, k: (B, h, S, d); position_bias: (1, h, S, S) or None. Returns (B, h, S, S).
+    """
+    scores = q.float() @ k.float().transpose(-1, -2) / math.sqrt(q.shape[-1])
+    return scores if position_bias is None else scores + position_bias.float()
+
+
+def _pair_mask(mask: torch.Tensor) -> torch.Tensor:
+    """(B, S) token mask -> (B, 1, S, S) float mask of pairs whose query and key are real."""
+    m = mask.float()
+    return (m[:, :, None] * m[:, None, :])[:, None]
+
+
+def tinybert_attention_loss(student_scores: torch.Tensor, teacher_scores: torch.Tensor,
+                            mask: torch.Tensor) -> torch.Tensor:
+    """TinyBERT's attention transfer for one pair of layers (Jiao et al. 2020; task_distill.py):
+
+        loss = (1 / (B h S S)) sum_{b, a, i, j} (m_ij A^s_baij - m_ij A^t_baij)^2
+
+    A: the scores before softmax (`attention_scores`); m_ij = 1 where query i and key j are real
+    tokens. TinyBERT zeroes the masked entries (scores <= -100, i.e. padded keys) on both sides;
+    here padded queries are zeroed too, since their scores are undefined on the packed path.
+    Args: student_scores, teacher_scores: (B, h, S, S), same heads; mask: (B, S).
+    """
+    if student_scores.shape != teacher_scores.shape:
+        raise PeakdError(f"TinyBERT's attention loss needs the same heads and lengths: student "
+                         f"{tuple(student_scores.shape)}, teacher {tuple(teacher_scores.shape)}")
+    pairs = _pair_mask(mask)
+    return F.mse_loss(student_scores.float() * pairs, teacher_scores.float() * pairs)
+
+
+def tinybert_hidden_loss(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor,
+                         mask: torch.Tensor, fit: torch.nn.Module) -> torch.Tensor:
+    """TinyBERT's hidden-state (and embedding) transfer for one pair of layers:
+
+        loss = (1 / (N H_T)) sum_{real tokens t} ||W s_t + b - t_t||^2
+
+    W, b: `fit` (TinyBERT's learned `fit_dense`, H_s -> H_T, trained with the student); N: the
+    real tokens of the batch (TinyBERT averages over every position of its 128-padded batch).
+    Args: student_hidden (B, S, H_s); teacher_hidden (B, S, H_T); mask (B, S).
+    """
+    real = mask.bool()
+    return F.mse_loss(fit(student_hidden[real].float()), teacher_hidden[real].float())
+
+
+def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                       T: float = 1.0) -> torch.Tensor:
+    """Cross-entropy against the teacher's softened distribution (TinyBERT's prediction layer,
+    CKD's KD term; no T^2 factor):
+
+        loss = -(1 / B) sum_b sum_c softmax(t_b / T)_c log softmax(s_b / T)_c
+
+    Args: student_logits, teacher_logits: (B, C); T > 0.
+    """
+    p_t = F.softmax(teacher_logits.float() / T, dim=-1)
+    return -(p_t * F.log_softmax(student_logits.float() / T, dim=-1)).sum(-1).mean()
+
+
+def _row_kl(log_p_t: torch.Tensor, log_p_s: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """sum over the last axis of p_t (log p_t - log p_s), kept where `rows` is true; entries
+    masked to -inf on both sides (p_t = 0) count 0."""
+    p_t = log_p_t.exp()
+    terms = torch.where(p_t > 0, p_t * (log_p_t - log_p_s), torch.zeros_like(p_t))
+    return terms.sum(-1) * rows
+
+
+def minilm_relation_loss(student_qkv: tuple, teacher_qkv: tuple, mask: torch.Tensor,
+                         student_bias: torch.Tensor | None = None,
+                         teacher_bias: torch.Tensor | None = None) -> torch.Tensor:
+    """MiniLM's deep self-attention distillation of the last layer (Wang et al. 2020):
+
+        L = L_AT + L_VR
+        L_AT = (1 / (h N)) sum_{b, a, real i} KL(A^t_bai || A^s_bai),  A = softmax(q k^T / sqrt(d))
+        L_VR = (1 / (h N)) sum_{b, a, real i} KL(V^t_bai || V^s_bai),  V = softmax(v v^T / sqrt(d))
+
+    each row a distribution over the real keys j; N: the real query positions of the batch (per
+    head, then the mean over heads and positions). MPNet's position bias is part of its
+    attention distribution A (not of V).
+    Args: student_qkv, teacher_qkv: (q, k, v) each (B, h, S, d), the same h; mask (B, S);
+    *_bias: (1, h, S, S) or None.
+    """
+    (sq, sk, sv), (tq, tk, tv) = student_qkv, teacher_qkv
+    if sq.shape[1] != tq.shape[1]:
+        raise PeakdError(f"MiniLM's loss needs the same number of heads: student {sq.shape[1]}, "
+                         f"teacher {tq.shape[1]}")
+    keys = mask.bool()[:, None, None, :]  # (B, 1, 1, S)
+    rows = mask.float()[:, None, :]  # (B, 1, S): real queries
+    total = 0.0
+    for s_scores, t_scores in ((attention_scores(sq, sk, student_bias),
+                                attention_scores(tq, tk, teacher_bias)),
+                               (attention_scores(sv, sv), attention_scores(tv, tv))):
+        log_s = F.log_softmax(s_scores.masked_fill(~keys, float("-inf")), dim=-1)
+        log_t = F.log_softmax(t_scores.masked_fill(~keys, float("-inf")), dim=-1)
+        total = total + _row_kl(log_t, log_s, rows).sum() / (sq.shape[1] * rows.sum())
+    return total
+
+
+def _cosine_matrix(x: torch.Tensor) -> torch.Tensor:
+    """(..., n, D) -> (..., n, n) cosine similarities between the n vectors."""
+    x = F.normalize(x.float(), p=2, dim=-1)
+    return x @ x.transpose(-1, -2)
+
+
+def _relation_kl(student: torch.Tensor, teacher: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """sum over rows of KL(row-softmax(teacher) || row-softmax(student)), entries outside `valid`
+    (a boolean mask of the same shape) left out of both softmaxes."""
+    log_s = F.log_softmax(student.masked_fill(~valid, float("-inf")), dim=-1)
+    log_t = F.log_softmax(teacher.masked_fill(~valid, float("-inf")), dim=-1)
+    rows = valid.any(-1).float()
+    return _row_kl(log_t, log_s.masked_fill(~valid, 0.0), rows).sum()
+
+
+def ckd_word_relation_loss(student_layers: Sequence[torch.Tensor],
+                           teacher_layers: Sequence[torch.Tensor],
+                           mask: torch.Tensor) -> torch.Tensor:
+    """CKD's word relation (Park et al. 2021; GeondoPark/CKD loss.py, WR_Dist, cosine, kldiv):
+
+        L_WR = sum_l sum_b sum_{real i} sum_{real j != i} P^t_lbij log(P^t_lbij / P^s_lbij)
+               / (L sum_b n_b^2)
+        P_lbi = softmax over real j != i of cos(h_lbi, h_lbj)
+
+    h: each matched layer's token vectors; n_b: the real tokens of example b (the denominator
+    is the count of real pairs, the diagonal included, as CKD's mask.sum()).
+    Args: student_layers, teacher_layers: L tensors (B, S, H_s) / (B, S, H_T); mask (B, S).
+    """
+    pairs = _pair_mask(mask)[:, 0].bool()  # (B, S, S)
+    valid = pairs & ~torch.eye(mask.shape[1], dtype=torch.bool, device=mask.device)
+    total = sum(_relation_kl(_cosine_matrix(s), _cosine_matrix(t), valid)
+                for s, t in zip(student_layers, teacher_layers))
+    return total / (len(student_layers) * pairs.sum())
+
+
+def ckd_layer_relation_loss(student_layers: Sequence[torch.Tensor],
+                            teacher_layers: Sequence[torch.Tensor],
+                            mask: torch.Tensor) -> torch.Tensor:
+    """CKD's layer-transforming relation (loss.py, LTR_Dist, cosine, kldiv): the word relation
+    taken along the layer axis, for each real token t,
+
+        L_LTR = sum_{real t} sum_l sum_{m != l} P^t_tlm log(P^t_tlm / P^s_tlm) / (N L^2)
+        P_tl = softmax over m != l of cos(h_tl, h_tm)
+
+    N: the real tokens of the batch.
+    Args: as ckd_word_relation_loss (L >= 2).
+    """
+    real = mask.bool()
+    s = torch.stack([x[real] for x in student_layers], dim=1)  # (N, L, H_s)
+    t = torch.stack([x[real] for x in teacher_layers], dim=1)  # (N, L, H_T)
+    n_layers = s.shape[1]
+    valid = ~torch.eye(n_layers, dtype=torch.bool, device=s.device).expand(s.shape[0], -1, -1)
+    return _relation_kl(_cosine_matrix(s), _cosine_matrix(t), valid) / (s.shape[0] * n_layers ** 2)
+
+
+def cosine_hidden_loss(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor,
+                       mask: torch.Tensor) -> torch.Tensor:
+    """DistilBERT's cosine loss (Sanh et al. 2019; distiller.py, CosineEmbeddingLoss with
+    target 1) between the last hidden states of the real tokens:
+
+        loss = (1 / N) sum_{real t} (1 - cos(s_t, t_t))
+
+    Args: student_hidden, teacher_hidden: (B, S, H), the same H; mask (B, S).
+    """
+    real = mask.bool()
+    return (1 - F.cosine_similarity(student_hidden[real].float(),
+                                    teacher_hidden[real].float(), dim=-1)).mean()
+
+
+def skip_layer_map(student_layers: int, teacher_layers: int) -> tuple[list[int], list[int]]:
+    """TinyBERT's (and CKD's emb+skip) pairing, with k = L_T // L_S (the integer division of
+    TinyBERT's code: when L_T / L_S is not whole, the teacher's top layers go unused):
+
+        attention: student layer i -> teacher layer i k + k - 1   (0-based, i = 0 .. L_S - 1)
+        hidden:    student output i -> teacher output i k          (0 = the embeddings, i = 0 .. L_S)
+
+    Returns (attention pairs' teacher indices, hidden pairs' teacher indices). An SPS student
+    counts its 2k effective layers.
+    """
+    k = teacher_layers // student_layers
+    if k < 1:
+        raise PeakdError(f"a student with {student_layers} effective layers is deeper than its "
+                         f"{teacher_layers}-layer teacher; layer-to-layer distillation needs "
+                         "a teacher at least as deep")
+    return ([i * k + k - 1 for i in range(student_layers)],
+            [i * k for i in range(student_layers + 1)])

@@ -88,6 +88,17 @@ def all_sum(tensor):
     return total
 
 
+def average_grads(params):
+    """Averages the gradients of `params` over the ranks in place (for parameters outside the
+    DDP-wrapped model); a no-op in one process."""
+    if not distributed():
+        return
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= world_size()
+
+
 def all_gather(obj):
     """[obj of rank 0, obj of rank 1, ...] on every rank; [obj] in one process."""
     if not distributed():

@@ -9,7 +9,7 @@ from BERT.pytorch_pretrained_bert.tokenization import TOKENIZER_CONFIG_NAME, VOC
 from .args import apply_presets, check_common, task_output_dir
 from .checkpoints import write_json
 from .device import autocast, pick_device, set_seed
-from .distill import build_objective
+from .distill import LIVE_TEACHER, build_objective
 from .errors import Interrupted, PeakdError, warn
 from .evaluation import predict
 from .features import cached_features, convert_examples_to_features, examples_fingerprint
@@ -189,20 +189,33 @@ def train_student(args, prefix="BERT", second_pass=None, swap_flip_prob=0.0):
                                                                       swap_flip_prob)
     # read before training, so a missing test file fails now rather than after the whole run
     test_examples = task.get_examples(args.data_dir, "test") if args.do_predict else None
-    teacher = None
-    if args.train_type != "ft":
-        teacher = load_teacher(args, task, data, args.train_type == "pkd")["splits"]
+    record = teacher = None
+    if args.train_type not in ("ft",) + tuple(LIVE_TEACHER) or \
+            (args.train_type in LIVE_TEACHER and not args.teacher_dir):
+        record = load_teacher(args, task, data, args.train_type == "pkd")
+        teacher = record["splits"]
     data, teacher = hold_out(data, task, args, teacher)
-    objective, needs_layers = build_objective(args, task, model, teacher and teacher["train"],
-                                              pick_device(args))
+    objective = build_objective(args, task, model, teacher and teacher["train"],
+                                pick_device(args), record)
+    if objective.teacher is not None:
+        check_same_family(objective.teacher.model.config, config)
     run_dir = start_run(args, task, model_dir, config)
     results = train(model, data["train"][1], {s: data[s][1] for s in eval_splits(args, task)},
-                    task, args, objective, run_dir, prefix, needs_layers)
+                    task, args, objective, run_dir, prefix)
     if args.do_predict and parallel.is_main():
         write_json(run_dir / "test_predictions.json",
                    predict_test(args, task, model, tokenizer, test_examples))
     report_training(results, run_dir)
     return results
+
+
+def check_same_family(teacher, student):
+    """A teacher that runs on the student's token ids must read them the same way."""
+    if (teacher.model_type, teacher.vocab_size) != (student.model_type, student.vocab_size):
+        raise PeakdError(f"the teacher ({teacher.model_type}, vocabulary {teacher.vocab_size}) "
+                         f"and the student ({student.model_type}, vocabulary "
+                         f"{student.vocab_size}) tokenize differently; distil from a teacher "
+                         "of the student's model family")
 
 
 def report_training(results, run_dir):

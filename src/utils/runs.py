@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .args import DISTILL_FLAGS
 from .checkpoints import write_json
 from .errors import PeakdError
 
@@ -79,7 +80,7 @@ def check_resume_args(run_dir, args, prefix="BERT"):
                          "start the run without --resume")
     saved = json.loads(path.read_text(encoding="utf-8"))
     # the same json round trip as write_args, so tuples, paths and inf compare as written
-    now = json.loads(json.dumps(vars(args), default=str))
+    now = json.loads(json.dumps(recorded_args(args), default=str))
     changed = sorted(k for k in saved.keys() | now.keys()
                      if k not in RESUME_MAY_CHANGE and saved.get(k) != now.get(k))
     if changed:
@@ -107,9 +108,15 @@ def code_version():
     return head.stdout.strip() + ("+dirty" if dirty else "")
 
 
+def recorded_args(args):
+    """The resolved arguments a run records: every flag, less the distillation flags its
+    --train_type does not read (args.TRAIN_TYPE_FLAGS; they are None after apply_presets)."""
+    return {k: v for k, v in vars(args).items() if not (k in DISTILL_FLAGS and v is None)}
+
+
 def write_args(path, args, prefix="BERT"):
     """Writes the resolved arguments (after presets) and the command line beside the outputs."""
-    write_json(run_file(path, ARGS_FILE, prefix), {**vars(args), "argv": sys.argv})
+    write_json(run_file(path, ARGS_FILE, prefix), {**recorded_args(args), "argv": sys.argv})
 
 
 def read_args(run_dir):

@@ -34,6 +34,7 @@ from . import parallel
 from .allocator import keep_freed_memory
 from .checkpoints import atomic_torch_save, safe_torch_load, save_model_checkpoint, write_json
 from .device import autocast, compile_forward, pad_multiple, pick_device, to_device
+from .distill import INTERMEDIATE, Objective
 from .errors import Interrupted, PeakdError
 from .evaluation import evaluate
 from .features import train_batches
@@ -46,10 +47,12 @@ LOG_FILES = (TRAIN_LOG, EVAL_LOG)
 RESUME_FORMAT = 2
 
 
-def make_optimizer(model, args, t_total):
-    """BertAdam; no weight decay on biases and LayerNorm weights."""
+def make_optimizer(model, args, t_total, extra=None):
+    """BertAdam over the model's parameters and those of `extra` (a module trained beside it,
+    e.g. TinyBERT's fit_dense); no weight decay on biases and LayerNorm weights."""
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    named = list(model.named_parameters()) + list(extra.named_parameters() if extra else [])
+    for name, p in named:
         (no_decay if name.endswith("bias") or "LayerNorm" in name else decay).append(p)
     return BertAdam([{"params": decay, "weight_decay": args.weight_decay},
                      {"params": no_decay, "weight_decay": 0.0}],
@@ -176,17 +179,19 @@ class _TrainingRun:
     """
 
     def __init__(self, model, train_features, dev_features, task, args, objective, run_dir,
-                 prefix, needs_layers, device):
+                 prefix, device):
         self.model, self.train_features, self.dev_features = model, train_features, dev_features
         self.task, self.args, self.objective, self.prefix = task, args, objective, prefix
-        self.run_dir, self.needs_layers, self.device = Path(run_dir), needs_layers, device
+        self.run_dir, self.device = Path(run_dir), device
+        # the module trained beside the model (TinyBERT's fit_dense), or None
+        self.extra = objective.module
         self.main = parallel.is_main()
         self.amp = autocast(args, device)
         self.multiple = pad_multiple(getattr(args, "pad_to_multiple_of", None), device)
         model.to(device)
         self.micro, _, self.t_total = plan_steps(len(train_features), args)
         self.schedule_total = schedule_steps(len(train_features), args, self.t_total)
-        self.optimizer = make_optimizer(model, args, self.schedule_total)
+        self.optimizer = make_optimizer(model, args, self.schedule_total, self.extra)
         self.scaler = torch.amp.GradScaler("cuda", enabled=args.fp16)
         self.generator = torch.Generator().manual_seed(args.train_seed)
         self.metric = getattr(args, "select_metric", None) or task.main_metric
@@ -221,6 +226,8 @@ class _TrainingRun:
 
     def restore(self, state):
         self.model.load_state_dict(state["model"])
+        if self.extra is not None:
+            self.extra.load_state_dict(state["extra"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.generator.set_state(state["generator"])
@@ -245,6 +252,7 @@ class _TrainingRun:
         if self.main:
             atomic_torch_save({
                 "format": RESUME_FORMAT, "model": self.model.state_dict(),
+                "extra": None if self.extra is None else self.extra.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                 "generator": self.epoch_start, "selector": self.selector.state(),
                 "position": dataclasses.asdict(self.pos), "ranks": ranks,
@@ -306,8 +314,7 @@ class _TrainingRun:
         with sync:
             with self.amp:
                 out = self.forward(batch["input_ids"], batch["token_type_ids"],
-                                   batch["attention_mask"],
-                                   output_all_encoded_layers=self.needs_layers)
+                                   batch["attention_mask"], **self.objective.outputs)
                 loss = self.objective(out, batch)
             self.scaler.scale(loss * weight * share).backward()
         self.running += loss.detach() * weight / parallel.world_size()
@@ -321,6 +328,9 @@ class _TrainingRun:
             for group in self.optimizer.param_groups:
                 group["lr"] = self.args.learning_rate * warmup_linear(
                     group["step"] / self.schedule_total, self.args.warmup_proportion)
+        if self.extra is not None:
+            # outside DDP's module: its gradients are averaged over the ranks here
+            parallel.average_grads(self.extra.parameters())
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -407,15 +417,21 @@ class _TrainingRun:
             results["machine"] = machine_key()
             # whether its samples/s had glibc's malloc reuse large blocks (utils/allocator.py)
             results["malloc_keeps_freed"] = keep_freed_memory()
+        results.update(self.objective.report())
+        if "teacher_forward_seconds" in results:
+            results["teacher_forward_share"] = results["teacher_forward_seconds"] / seconds
+        if getattr(self.args, "train_type", None) in INTERMEDIATE:
+            # its head is untrained: a second stage starts from the final encoder
+            save_model_checkpoint(model, self.run_dir, self.prefix, "final")
         results["code"] = self.code
         write_json(run_file(self.run_dir, RESULTS_FILE, self.prefix), results)
         run_file(self.run_dir, RESUME_FILE, self.prefix).unlink(missing_ok=True)
         return results
 
 
-def train(model, train_features, dev_features, task, args, objective, run_dir, prefix,
-          needs_layers=False):
-    """Trains `model` with `objective(outputs, batch) -> loss`; returns the results dict.
+def train(model, train_features, dev_features, task, args, objective, run_dir, prefix):
+    """Trains `model` with `objective(outputs, batch) -> loss` (a distill.Objective, or a plain
+    function of the outputs of a default forward); returns the results dict.
 
     dev_features: {split name: Features}; the first split drives checkpoint selection.
     Writes train_log.csv, eval_log.csv, eval_results.json (names per `runs.run_file`) and the
@@ -425,8 +441,10 @@ def train(model, train_features, dev_features, task, args, objective, run_dir, p
     """
     device = pick_device(args)
     with parallel.process_group(device):
+        if not isinstance(objective, Objective):
+            objective = Objective(objective)
         run = _TrainingRun(model, train_features, dev_features, task, args, objective, run_dir,
-                           prefix, needs_layers, device)
+                           prefix, device)
         try:
             run.run()
         except KeyboardInterrupt:

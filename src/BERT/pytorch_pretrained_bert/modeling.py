@@ -303,9 +303,10 @@ class BertSelfAttention(nn.Module):
         b, s, _ = x.shape
         return x.view(b, s, self.num_attention_heads, self.attention_head_size).transpose(1, 2)
 
-    def forward(self, hidden_states, attention_mask, swap_qk=False, packing=None):
-        # hidden_states: (B, S, H), or (N, H) with `packing`; attention_mask: (B, 1, 1, S)
-        # additive (0 or a large negative) or None (no padding). Returns the same layout.
+    def forward(self, hidden_states, attention_mask, swap_qk=False, packing=None, qkv=None):
+        # hidden_states: (B, S, H), or (N, H) with `packing`; attention_mask: additive (B, 1, 1,
+        # S) or (B, heads, S, S) (0 or a large negative, plus MPNet's position bias) or None.
+        # Returns the same layout. `qkv`, a list, receives (q, k, v), each (B, heads, S, d).
         q_proj, k_proj = (self.key, self.query) if swap_qk else (self.query, self.key)
 
         def heads(linear):
@@ -313,6 +314,8 @@ class BertSelfAttention(nn.Module):
             return self._heads(packing.unpack(y) if packing is not None else y)
 
         q, k, v = heads(q_proj), heads(k_proj), heads(self.value)
+        if qkv is not None:
+            qkv.append((q, k, v))
         context = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attention_mask, dropout_p=self.dropout_p if self.training else 0.0)
         b, _, s, _ = context.shape
@@ -339,8 +342,8 @@ class BertAttention(nn.Module):
         self.self = BertSelfAttention(config)
         self.output = BertSelfOutput(config, config.hidden_size)
 
-    def forward(self, hidden_states, attention_mask, swap_qk=False, packing=None):
-        return self.output(self.self(hidden_states, attention_mask, swap_qk, packing),
+    def forward(self, hidden_states, attention_mask, swap_qk=False, packing=None, qkv=None):
+        return self.output(self.self(hidden_states, attention_mask, swap_qk, packing, qkv),
                            hidden_states, packing)
 
 
@@ -370,9 +373,9 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(config)
         self.output = BertOutput(config)
 
-    def forward(self, hidden_states, attention_mask, swap_qk=False, packing=None):
+    def forward(self, hidden_states, attention_mask, swap_qk=False, packing=None, qkv=None):
         # (B, S, H), or (N, H) with `packing`, in and out
-        attention_output = self.attention(hidden_states, attention_mask, swap_qk, packing)
+        attention_output = self.attention(hidden_states, attention_mask, swap_qk, packing, qkv)
         return self.output(self.intermediate(attention_output), attention_output, packing)
 
 
@@ -417,11 +420,12 @@ class BertEncoder(nn.Module):
         self.swap_flip_prob = float(swap_flip_prob)
 
     def forward(self, hidden_states, attention_mask, output_all_encoded_layers=False,
-                packing=None):
+                packing=None, qkv=None):
         """Returns (last hidden state (B, S, H), each effective layer's output or ()).
 
         hidden_states: (B, S, H); with `packing` the layers run on its real tokens and the
-        outputs are unpacked, zeros at the padding.
+        outputs are unpacked, zeros at the padding. `qkv`, a list, receives each effective
+        layer's (q, k, v).
         """
         schedule = self.schedule
         if self.training and self.swap_flip_prob > 0:
@@ -432,7 +436,8 @@ class BertEncoder(nn.Module):
             hidden_states = packing.pack(hidden_states)
         all_layers = []
         for index, swap_qk in schedule:
-            hidden_states = self.layer[index](hidden_states, attention_mask, swap_qk, packing)
+            hidden_states = self.layer[index](hidden_states, attention_mask, swap_qk, packing,
+                                              qkv)
             if output_all_encoded_layers:
                 all_layers.append(unpack(hidden_states))
         last = all_layers[-1] if all_layers else unpack(hidden_states)
@@ -456,12 +461,21 @@ class EncoderOutput(NamedTuple):
     sequence_output: torch.Tensor   # (B, S, H): last effective layer
     pooled_output: torch.Tensor     # (B, H)
     encoded_layers: tuple           # each effective layer's (B, S, H), or () unless asked for
+    embedding_output: torch.Tensor  # (B, S, H): the embeddings' output, the encoder's input
+    # each effective layer's (q, k, v), each (B, heads, S, d), or () unless asked for
+    # (output_qkv): what distillation losses on attention read (TinyBERT, MiniLM)
+    attention_qkv: tuple
+    position_bias: torch.Tensor     # MPNet's (1, heads, S, S) added to the scores; None for BERT
 
 
 class ClassifierOutput(NamedTuple):
     logits: torch.Tensor            # (B, num_labels)
     pooled_output: torch.Tensor     # (B, H)
-    encoded_layers: tuple           # as in EncoderOutput
+    encoded_layers: tuple           # as in EncoderOutput, and the fields below
+    embedding_output: torch.Tensor
+    attention_qkv: tuple
+    position_bias: torch.Tensor
+    sequence_output: torch.Tensor
 
 
 def _no_padding(attention_mask):
@@ -562,7 +576,7 @@ class BertModel(BertPreTrainedModel):
         self.apply(self.init_bert_weights)
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None,
-                output_all_encoded_layers=False):
+                output_all_encoded_layers=False, output_qkv=False):
         # input_ids, token_type_ids, attention_mask: (B, S)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
@@ -575,10 +589,13 @@ class BertModel(BertPreTrainedModel):
         if bias is not None:
             # MPNet: (1, heads, S, S) + (B, 1, 1, S) -> one additive (B, heads, S, S) mask
             mask = bias if mask is None else bias + mask
+        qkv = [] if output_qkv else None
         with attention_kernels(embedding_output.device):
             sequence_output, encoded_layers = self.encoder(embedding_output, mask,
-                                                           output_all_encoded_layers, packing)
-        return EncoderOutput(sequence_output, self.pooler(sequence_output), encoded_layers)
+                                                           output_all_encoded_layers, packing,
+                                                           qkv)
+        return EncoderOutput(sequence_output, self.pooler(sequence_output), encoded_layers,
+                             embedding_output, tuple(qkv or ()), bias)
 
 
 class BertForSequenceClassification(BertPreTrainedModel):
@@ -595,10 +612,11 @@ class BertForSequenceClassification(BertPreTrainedModel):
         self.classifier.apply(self.init_bert_weights)
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None,
-                output_all_encoded_layers=False):
-        out = self.bert(input_ids, token_type_ids, attention_mask, output_all_encoded_layers)
+                output_all_encoded_layers=False, output_qkv=False):
+        out = self.bert(input_ids, token_type_ids, attention_mask, output_all_encoded_layers,
+                        output_qkv)
         logits = self.classifier(self.dropout(out.pooled_output))
-        return ClassifierOutput(logits, out.pooled_output, out.encoded_layers)
+        return ClassifierOutput(logits, *out[1:], out.sequence_output)
 
     @classmethod
     def from_pretrained(cls, directory, config=None, expected_missing=("classifier.",),
