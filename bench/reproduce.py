@@ -31,6 +31,7 @@ from grid.run import run_stages  # noqa: E402
 from grid.stats import METHOD_CLAIMS  # noqa: E402
 from utils.args import SELECT_RULES, TASK_NAMES, HelpFormatter, Parser, str2bool  # noqa: E402
 from utils.checkpoints import write_json  # noqa: E402
+from utils.device import COMPILE_CACHE_ENV  # noqa: E402
 from utils.features import FEATURE_CACHE_ENV  # noqa: E402
 from utils.glue import get_task  # noqa: E402
 from utils.ptp import PTP_LABEL_NAMES  # noqa: E402
@@ -222,7 +223,10 @@ def main(argv=None):
         else:
             logs = work / "logs"
             logs.mkdir(parents=True, exist_ok=True)
-            cache = {} if args.no_feature_cache else {FEATURE_CACHE_ENV: str(work / "cache")}
+            # one compile cache for every stage (used where a stage passes --compile)
+            cache = {COMPILE_CACHE_ENV: str(work / "cache" / "inductor")}
+            if not args.no_feature_cache:
+                cache[FEATURE_CACHE_ENV] = str(work / "cache")
             run_stages(stages, work, logs, args.jobs, env_extra=cache,
                        on_done=lambda s: after_stage(s, stages, args.records_dir, work),
                        forkserver=not args.no_forkserver)

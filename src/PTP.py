@@ -14,8 +14,8 @@ from utils.args import (add_model_args, add_output_args, add_ptp_args, add_task_
 from utils.errors import PeakdError
 from utils.glue import get_task
 from utils.losses import task_loss
-from utils.pipeline import (load_teacher, prepare_student, report_training, run_cli,
-                            start_run)
+from utils.pipeline import (check_inputs_apart, load_teacher, output_lock, prepare_student,
+                            report_training, run_cli, start_run)
 from utils.ptp import (PTP_LABEL_NAMES, PTP_NUM_LABELS, parse_thresholds_flag, relabel_splits,
                        resolve_thresholds)
 from utils.selection import check_select_metric, eval_splits, hold_out
@@ -57,11 +57,13 @@ def run(args):
                                                   zip(counts, PTP_LABEL_NAMES)))
     ptp_task = dataclasses.replace(ptp_task, name=f"{task.name}-PTP")
     args.train_type = "ptp"
-    run_dir = start_run(args, task, model_dir, config, prefix="PTP")
-    results = train(model, relabelled["train"], {s: relabelled[s] for s in splits[1:]},
-                    ptp_task, args,
-                    lambda out, batch: task_loss(out.logits, batch["labels"], False),
-                    run_dir, prefix="PTP")
+    check_inputs_apart(args, task, model_dir)
+    with output_lock(args, task):
+        run_dir = start_run(args, task, model_dir, config, prefix="PTP")
+        results = train(model, relabelled["train"], {s: relabelled[s] for s in splits[1:]},
+                        ptp_task, args,
+                        lambda out, batch: task_loss(out.logits, batch["labels"], False),
+                        run_dir, prefix="PTP")
     report_training(results, run_dir)
     return results
 

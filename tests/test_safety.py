@@ -35,15 +35,21 @@ def assert_loadable_and_finite(run_dir, criterion="acc"):
     assert all(torch.isfinite(p).all() for p in model.state_dict().values())
 
 
-# writes half of what torch.save would, then dies as a killed process does: no cleanup runs
+# writes half of what torch.save would on the second save of the resume state (the second
+# evaluation), then dies as a killed process does: no cleanup runs
 DIE_MID_SAVE = textwrap.dedent("""
     import io, os, sys
     import torch
     sys.path[:0] = [{src!r}, {tests!r}]
     torch.set_num_threads(1)
     real_save = torch.save
+    states = []
 
     def save_half_and_die(obj, f, *args, **kwargs):
+        if "resume_state" in str(getattr(f, "name", "")):
+            states.append(f.name)
+        if len(states) < 2:
+            return real_save(obj, f, *args, **kwargs)
         buffer = io.BytesIO()
         real_save(obj, buffer, *args, **kwargs)
         f.write(buffer.getvalue()[:len(buffer.getvalue()) // 2])
@@ -57,22 +63,23 @@ DIE_MID_SAVE = textwrap.dedent("""
 
 
 def test_a_run_killed_mid_save_leaves_the_previous_best_checkpoint_intact(tiny, tmp_path):
+    """A run evaluated at every step dies while writing its second resume state: the
+    checkpoints and the resume state of the first evaluation are still there, whole, and the
+    half-written temporary file goes with the next save of that target."""
     out = tmp_path / "run"
-    argv = train_args("SST-2", tiny.data, tiny.bert, out, *STUDENT, "--max_steps", 2)
-    FINETUNE.main(argv)
-    before = checkpoints(out)
-    assert any(name.startswith("BERT.encoder_") for name in before)
-    code = DIE_MID_SAVE.format(src=str(SRC), tests=str(SRC.parent / "tests"),
-                               argv=argv + ["--overwrite_output_dir", "--train_seed", "7"])
+    argv = train_args("SST-2", tiny.data, tiny.bert, out, *STUDENT, "--max_steps", 4,
+                      "--eval_steps", 1)
+    code = DIE_MID_SAVE.format(src=str(SRC), tests=str(SRC.parent / "tests"), argv=argv)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 17, proc.stderr
-    assert checkpoints(out) == before
+    assert {"BERT.encoder_acc.pkl", "BERT.cls_acc.pkl", "resume_state.pkl"} <= \
+        set(checkpoints(out))
     assert_loadable_and_finite(out, "acc")
     assert_loadable_and_finite(out, "loss")
-    # the killed process's half-written temporary file goes with the next save of that target
+    assert torch.load(out / "resume_state.pkl", weights_only=True)["position"]["step"] == 1
     assert [p.name for p in out.glob(".*.tmp*")]
-    FINETUNE.main(argv + ["--overwrite_output_dir"])
+    FINETUNE.main(argv + ["--resume"])
     assert not list(out.glob(".*.tmp*"))
 
 

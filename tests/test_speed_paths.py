@@ -1003,3 +1003,86 @@ def test_keep_freed_memory_reuses_large_blocks():
     # an explicit malloc tunable wins (this one a no-op): glibc keeps its defaults
     done, tuned = _alloc_child("on", {"GLIBC_TUNABLES": "glibc.malloc.perturb=0"})
     assert not done and tuned * 2 >= default
+
+
+def test_compiled_batches_take_few_lengths_and_the_warmup_is_measured(tiny, tmp_path,
+                                                                        monkeypatch):
+    """With --compile each training batch is padded to the next bucket length, so at most
+    2 shapes per bucket occur (full and short batches); the first step of each is timed as the
+    warm-up and reported. torch.compile is replaced by the module itself here (compiling takes
+    minutes on a CPU): what is tested is the padding and the bookkeeping."""
+    import utils.device as device
+    from helpers import load_script, train_args
+
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: module)
+    monkeypatch.setenv(device.COMPILE_CACHE_ENV, str(tmp_path / "cache"))
+    widths = []
+    real = Features.batch
+
+    def recording(self, index, *a, **k):
+        out = real(self, index, *a, **k)
+        if a and len(a) > 2 and a[2]:  # a training batch with buckets
+            widths.append(out["input_ids"].shape[1])
+        return out
+
+    monkeypatch.setattr(Features, "batch", recording)
+    results = load_script("finetune").main(train_args(
+        "MRPC", tiny.data, tiny.bert, tmp_path / "run", "--compile", "--num_train_epochs", 2,
+        "--max_steps", 100, "--train_batch_size", 3))
+    assert widths and set(widths) <= set(device.COMPILE_BUCKETS) | {32}
+    assert results["compile"]["shapes"] <= 2 * len(set(widths))
+    assert results["compile"]["warmup_seconds"] > 0
+    assert (tmp_path / "cache").is_dir()
+
+
+def test_bucket_length():
+    from utils.device import COMPILE_BUCKETS
+    from utils.features import bucket_length
+    assert [bucket_length(n, 128, COMPILE_BUCKETS) for n in (1, 16, 17, 33, 49, 65, 97, 128)] \
+        == [16, 16, 32, 48, 64, 96, 128, 128]
+    assert bucket_length(100, 100, COMPILE_BUCKETS) == 100
+    assert bucket_length(600, 512, COMPILE_BUCKETS) == 512
+
+
+def test_the_training_loop_reads_no_device_value_per_step(tiny, tmp_path, monkeypatch):
+    """A GPU step that reads a tensor's value (item, float, bool, tolist) makes the host wait.
+    Counted here on the CPU: reads made from the loop, the objectives, the losses and BertAdam
+    (not the host-side batching, nor the CPU-only padding checks in modeling.py, which a GPU
+    skips) while training steps run. The running loss is read once per logging interval, by
+    log_loss; nothing else reads per step, for plain, KD and PKD training alike."""
+    import traceback
+
+    from helpers import load_script, train_args
+
+    watched = ("utils/train.py", "utils/distill.py", "utils/losses.py",
+               "pytorch_pretrained_bert/optimization.py", "utils/checkpoints.py")
+    reads = []
+
+    def counting(name):
+        real = getattr(torch.Tensor, name)
+
+        def read(self, *a, **k):
+            frames = [f for f in traceback.extract_stack()[:-1] if "/src/" in f.filename]
+            if frames and frames[-1].filename.endswith(watched):
+                in_step = any(f.name in ("micro_step", "optimizer_step") for f in frames)
+                logging = any(f.name in ("log_loss", "evaluate_dev", "save_state")
+                              for f in frames)
+                if in_step and not logging:
+                    reads.append(f"{frames[-1].filename.split('/src/')[1]}:{frames[-1].lineno}")
+            return real(self, *a, **k)
+        monkeypatch.setattr(torch.Tensor, name, read)
+
+    for name in ("item", "__float__", "__bool__", "tolist", "__int__"):
+        counting(name)
+    finetune = load_script("finetune")
+    teacher = tmp_path / "teacher"
+    finetune.main(train_args("MRPC", tiny.data, tiny.bert, teacher, "--max_steps", 6,
+                             "--logging_steps", 3, "--student_hidden_layers", 4))
+    save = load_script("save_teacher_outputs")
+    file = save.main(["--task", "MRPC", "--data_dir", str(tiny.data), "--teacher_dir",
+                      str(teacher), "--output_dir", str(tmp_path), "--no_cuda"])
+    for kind in ("kd", "pkd"):
+        finetune.main(train_args("MRPC", tiny.data, tiny.bert, tmp_path / kind, "--train_type",
+                                 kind, "--teacher_prediction", file, "--max_steps", 6,
+                                 "--logging_steps", 3, "--student_hidden_layers", 2))
+    assert reads == []

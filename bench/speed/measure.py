@@ -16,7 +16,8 @@ from utils.modeling import build_classifier
 
 from .machine import LoadMeter
 from .peak import forward_flops
-from .runners import Ours, Theirs, distill_objective, hf_twin, run_one, switches
+from .runners import (Frozen, Ours, Theirs, distill_objective, hf_twin, live_objective, run_one,
+                      switches)
 from .workloads import FIXED_LEN, make_workloads, plan_for
 
 # name: (layers, model type). Full size has BERT-base's width; --quick a tiny one, same roles.
@@ -41,7 +42,9 @@ def measurement_list(impls, kd):
             variants = [("dynamic", i) for i in impls] + [("default", "hf")]
         out += [(mode, workload, impl, variant, None) for variant, impl in variants]
         if mode == "train" and workload == "mrpc" and kd:
-            out += [(mode, workload, "ours", "dynamic", k) for k in ("kd", "pkd")]
+            out += [(mode, workload, "ours", "dynamic", k) for k in ("kd", "pkd", "live")]
+            # the teacher's forward alone on the same batches: what a live step adds at most
+            out.append(("teacher_fwd", workload, "teacher", "dynamic", None))
     return out
 
 
@@ -108,6 +111,14 @@ def bench_config(name, args, device, features, amp, budget_s, clock, log):
     if name != "base":
         objectives = {k: distill_objective(k, ours_model, len(features), device)
                       for k in ("kd", "pkd")}
+        # a teacher running beside the student (the compared methods): the 12-layer model of
+        # the same width (--quick: the tiny base), random weights
+        teacher_config = config.copy(num_hidden_layers=QUICK_LAYERS["base"] if args.quick
+                                     else CONFIGS["base"][0])
+        torch.manual_seed(1)
+        teacher_model = build_classifier(teacher_config, 2).to(device)
+        objectives["live"] = live_objective(ours_model, teacher_model, device)
+        impls["teacher"] = Frozen(teacher_model, device, amp)
 
     # parity: the same function (eval mode) on a real batch, dynamic and padded to 128
     ours_model.eval()
@@ -124,7 +135,7 @@ def bench_config(name, args, device, features, amp, budget_s, clock, log):
     if max(parity.values()) > (1e-3 if amp == "fp32" else 0.1):
         raise RuntimeError(f"ours and transformers disagree ({parity}): not the same model")
 
-    steps = measurement_list(list(impls), bool(objectives))
+    steps = measurement_list([i for i in impls if i != "teacher"], bool(objectives))
     times = {key_of(m, w, i, v, o, amp): [] for m, w, i, v, o in steps}
     meter = LoadMeter()
 
@@ -132,7 +143,8 @@ def bench_config(name, args, device, features, amp, budget_s, clock, log):
         # alternate who goes first, so that drifts in machine state hit both sides alike
         for mode, workload, impl, variant, obj in (steps if r % 2 == 0 else _swap_pairs(steps)):
             impls[impl].model.train(mode == "train")
-            batches = workloads[(mode, workload)][variant]
+            # the teacher's forward runs on the training batches, in eval mode
+            batches = workloads[("train" if mode == "teacher_fwd" else mode, workload)][variant]
             meter.start()
             seconds = run_one(impls[impl], mode, batches, clock, objectives.get(obj),
                               contexts.get(impl, contextlib.nullcontext))

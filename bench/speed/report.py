@@ -2,7 +2,9 @@
 
 A ratio target compares two rates measured in the same run: ours/transformers on the same
 batches (>= 1), ours on the MRPC mix against transformers' default padding to 128 (>= 1.5), a KD
-or PKD step against a fine-tuning step (<= 1.1x its time), the 3-layer SPS student against the
+or PKD step against a fine-tuning step (<= 1.1x its time), a step whose teacher runs beside the
+student (the compared methods) against a fine-tuning step plus the teacher's forward on the same
+batches (<= 1.1x their time), the 3-layer SPS student against the
 12-layer model in inference (>= 1.8); MFU is against the matmul peak measured in the same run
 (peak.py). The scripts' own path (scripts.py) makes its own targets.
 
@@ -21,6 +23,7 @@ from grid.stats import paired_ratio
 from .measure import MIN_PAIRS, key_of
 
 TARGETS = {"ours_vs_hf": 1.0, "dynamic_vs_hf_default": 1.5, "kd_step_cost": 1.1,
+           "live_step_cost": 1.1,
            "sps_vs_teacher_inference": 1.8, "mfu": 0.80, "gpu_train_vs_hf": 2.0}
 
 
@@ -68,6 +71,14 @@ def paired_target(name, a, b, threshold, higher=True, min_pairs=MIN_PAIRS):
                      [x["seconds"] / x["samples"] for x in b_runs])
     return {**target(name, r["ratio"], threshold, higher, (r["low"], r["high"])),
             "pairs": r["pairs"]}
+
+
+def summed(a, b):
+    """A record of a and b run one after the other: each repeat's seconds added (the same
+    batches, so the same samples), the median rate of those sums."""
+    runs = [{**x, "seconds": x["seconds"] + y["seconds"]} for x, y in zip(a["runs"], b["runs"])]
+    rates = sorted(x["samples"] / x["seconds"] for x in runs)
+    return {"samples_per_s": rates[len(rates) // 2], "runs": runs}
 
 
 def measurement(cfg, mode, workload, impl, variant, amp, obj=None):
@@ -124,6 +135,12 @@ def evaluate_targets(cfgs, peaks, amp, peak_key, gpu=False):
             if r is not None:
                 targets.append(paired_target(f"{c} {obj} step time / ft step time", ft, r,
                                              TARGETS["kd_step_cost"], higher=False))
+        live = record(c, "train", "mrpc", "ours", "dynamic", "live")
+        teacher = record(c, "teacher_fwd", "mrpc", "teacher", "dynamic")
+        if live is not None and teacher is not None:
+            targets.append(paired_target(
+                f"{c} live-teacher step / (ft step + teacher forward)", summed(ft, teacher), live,
+                TARGETS["live_step_cost"], higher=False))
     if "sps3" in cfgs and "base" in cfgs:
         for workload, variant in (("fixed128", "fixed"), ("mrpc", "dynamic")):
             targets.append(target(
@@ -150,7 +167,8 @@ def ablation_rows(cfgs, amp):
     for c, cfg in cfgs.items():
         impls = sorted({key.split("/")[3] for key in cfg["results"]})
         for impl in (i for i in impls if i.startswith("ours_") and i not in ("ours_kd",
-                                                                              "ours_pkd")):
+                                                                              "ours_pkd",
+                                                                              "ours_live")):
             for mode in ("train", "infer"):
                 out.append((c, mode, impl, *(
                     ratio(samples_per_s(cfg, mode, w, impl, v, amp),

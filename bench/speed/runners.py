@@ -18,7 +18,8 @@ import BERT.pytorch_pretrained_bert.modeling as modeling
 from BERT.pytorch_pretrained_bert import BertAdam
 from utils.allocator import keep_freed_memory
 from utils.args import apply_presets
-from utils.distill import build_objective
+from utils.distill import LIVE_TEACHER, RunningTeacher, build_objective
+from utils.distill import live_objective as distill_live_objective
 from utils.glue import get_task
 from utils.device import compile_forward
 
@@ -179,6 +180,29 @@ def distill_objective(kind, model, num_examples, device, seed=0):
                                             beta=None, fc_layer_idx=None,
                                             normalize_patience=None))
     return build_objective(args, get_task("MRPC"), model, teacher, device)
+
+
+def live_objective(model, teacher_model, device):
+    """The CKD objective (utils.distill, MRPC presets) with `teacher_model` running beside the
+    student on every batch: the cost of the compared methods' steps (docs/baselines.md)."""
+    args = apply_presets(argparse.Namespace(train_type="ckd", task="MRPC", alpha=None, T=None,
+                                            relation_weights=None))
+    teacher = RunningTeacher(teacher_model, device, LIVE_TEACHER["ckd"])
+    return distill_live_objective(args, "ckd", model, False, teacher)
+
+
+class Frozen:
+    """A model that only runs forward (the teacher beside a live objective), timed as Ours'
+    inference is."""
+
+    def __init__(self, model, device, amp):
+        self.model, self.device, self.amp = model, device, amp
+
+    @torch.inference_mode()
+    def logits(self, batch):
+        with autocast(self.device, self.amp):
+            return self.model(batch["input_ids"], batch["token_type_ids"],
+                              batch["attention_mask"]).logits
 
 
 @contextlib.contextmanager

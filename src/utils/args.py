@@ -58,7 +58,11 @@ def add_compile_arg(parser, what="the model"):
     parser.add_argument("--compile", nargs="?", const="default", default=None,
                         choices=COMPILE_MODES,
                         help=f"torch.compile {what} with this mode (bare --compile: default; "
-                             "reduce-overhead adds CUDA graphs on CUDA)")
+                             "reduce-overhead adds CUDA graphs on CUDA). Batch lengths are then "
+                             "rounded up to a few buckets, each compiled once and cached on disk "
+                             "($PEAKD_COMPILE_CACHE). It pays on a GPU over runs long enough to "
+                             "repay minutes of compiling; on a CPU, and for short runs, eager "
+                             "(the default) is faster")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

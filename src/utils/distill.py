@@ -56,12 +56,11 @@ class Objective:
 
 
 class RunningTeacher:
-    """A trained teacher run's model, frozen, called on each training batch; times its
-    forwards (on CUDA with events read once at the end, so timing adds no per-step sync)."""
+    """A teacher model, frozen, called on each training batch; times its forwards (on CUDA with
+    events read once at the end, so timing adds no per-step sync)."""
 
-    def __init__(self, teacher_dir, device, outputs):
-        self.model, _, _, _ = load_trained_run(teacher_dir, "acc")
-        self.model.eval().requires_grad_(False).to(device)
+    def __init__(self, model, device, outputs):
+        self.model = model.eval().requires_grad_(False).to(device)
         self.layers = effective_layers(self.model)
         self.outputs, self.device = outputs, device
         self.seconds, self.events, self.calls = 0.0, [], 0
@@ -83,6 +82,11 @@ class RunningTeacher:
             self.seconds += time.perf_counter() - t0
         self.calls += 1
         return out
+
+    @classmethod
+    def from_run(cls, teacher_dir, device, outputs):
+        """The teacher of a finished finetune.py run (its *_acc checkpoint)."""
+        return cls(load_trained_run(teacher_dir, "acc")[0], device, outputs)
 
     def report(self):
         if self.events:
@@ -119,8 +123,9 @@ def build_objective(args, task, model, teacher_train=None, device="cpu", teacher
     if kind == "ft":
         return Objective(lambda out, batch: task_loss(out.logits, batch["labels"], regression))
     if kind in LIVE_TEACHER:
-        return live_objective(args, kind, model, device, regression,
-                              teacher_run_dir(args, teacher_file))
+        teacher = RunningTeacher.from_run(teacher_run_dir(args, teacher_file), device,
+                                          LIVE_TEACHER[kind])
+        return live_objective(args, kind, model, regression, teacher)
     teacher_logits = teacher_train["logits"].to(device)  # (N, C)
     if kind == "tinybert_pred":
         def pred(out, batch):
@@ -159,10 +164,9 @@ def build_objective(args, task, model, teacher_train=None, device="cpu", teacher
     return Objective(objective, {"output_all_encoded_layers": patient})
 
 
-def live_objective(args, kind, model, device, regression, teacher_dir):
-    """An Objective whose teacher runs alongside (LIVE_TEACHER)."""
-    outputs = LIVE_TEACHER[kind]
-    teacher = RunningTeacher(teacher_dir, device, outputs)
+def live_objective(args, kind, model, regression, teacher):
+    """An Objective whose teacher (a RunningTeacher) runs alongside (LIVE_TEACHER)."""
+    outputs, device = LIVE_TEACHER[kind], teacher.device
     t_config, s_config = teacher.model.config, model.config
     n_student, n_teacher = effective_layers(model), teacher.layers
     if kind == "tinybert_layer":

@@ -37,21 +37,31 @@ class Features:
     def __len__(self):
         return self.input_ids.shape[0]
 
-    def batch(self, index, pad_to_max=False, multiple=1):
+    def batch(self, index, pad_to_max=False, multiple=1, buckets=None):
         """The rows `index` (B,) as a dict of (B, S_b) tensors.
 
-        S_b is their longest length rounded up to a multiple of `multiple` (at most S), or S with
-        `pad_to_max`. The attention mask hides the extra columns, so logits do not change.
+        S_b is their longest length rounded up to a multiple of `multiple`, or to the next of
+        `buckets` (a sorted tuple of lengths), at most S; S with `pad_to_max`. The attention mask
+        hides the extra columns, so logits do not change.
         """
         width = self.input_ids.shape[1]
         if not pad_to_max:
-            width = min(width, -(-int(self.lengths[index].max()) // multiple) * multiple)
+            longest = int(self.lengths[index].max())
+            if buckets:
+                width = bucket_length(longest, width, buckets)
+            else:
+                width = min(width, -(-longest // multiple) * multiple)
         ids = self.input_ids[index, :width]
         out = {"index": index, "input_ids": ids, "token_type_ids": self.token_type_ids[index, :width],
                "attention_mask": (torch.arange(width) < self.lengths[index, None]).long()}
         if self.labels is not None:
             out["labels"] = self.labels[index]
         return out
+
+
+def bucket_length(length, max_length, buckets):
+    """The smallest of the sorted `buckets` >= length, at most max_length."""
+    return min(next((b for b in buckets if b >= length), max_length), max_length)
 
 
 def truncate_pair(tokens_a, tokens_b, max_length):

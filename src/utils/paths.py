@@ -45,3 +45,17 @@ def check_writable_dir(path, flag):
         raise PeakdError(f"{flag} {path} cannot be written: no write permission in {ancestor}; "
                          "choose another path or fix its permissions")
     return path
+
+
+def check_not_an_input(out, flag, inputs):
+    """Refuses, before anything is written, an output folder that is one of the run's input
+    folders: a run writes config.json, vocab.txt, logs and checkpoints, which would replace or
+    mix with a pretrained model's files, a data folder's or another run's.
+
+    inputs: {description: folder} (None values skipped); compared after resolving links.
+    """
+    target = Path(out).expanduser().resolve()
+    for what, folder in inputs.items():
+        if folder is not None and Path(folder).expanduser().resolve() == target:
+            raise PeakdError(f"{flag} {out} is the folder of {what}; a run there would write "
+                             "over or among its files: choose another folder")

@@ -1,7 +1,9 @@
 """Steps the scripts share: checking arguments against the model, loading splits, training a
 student end to end, and turning user errors into one-line exits."""
+import contextlib
 import shlex
 import sys
+from pathlib import Path
 
 from BERT.pytorch_pretrained_bert import TOKENIZERS, atomic_write
 from BERT.pytorch_pretrained_bert.tokenization import TOKENIZER_CONFIG_NAME, VOCAB_NAME
@@ -9,14 +11,15 @@ from BERT.pytorch_pretrained_bert.tokenization import TOKENIZER_CONFIG_NAME, VOC
 from .args import apply_presets, check_common, task_output_dir
 from .checkpoints import write_json
 from .device import autocast, pick_device, set_seed
-from .distill import LIVE_TEACHER, build_objective
+from .distill import LIVE_TEACHER, build_objective, teacher_run_dir
 from .errors import Interrupted, PeakdError, warn
 from .evaluation import predict
 from .features import cached_features, convert_examples_to_features, examples_fingerprint
 from .glue import get_task
 from .modeling import build_student, load_tokenizer, resolve_bert_model
-from .paths import check_dir, check_file, check_writable_dir
-from .runs import check_resume_args, prepare_output_dir, run_file, write_args
+from .paths import check_dir, check_file, check_not_an_input, check_writable_dir
+from .locks import folder_lock
+from .runs import check_resume_args, finish_overwrite, prepare_output_dir, run_file, write_args
 from .selection import check_select_metric, eval_splits, hold_out
 from .summary import print_summary, training_lines
 from . import parallel, teacher_outputs
@@ -165,7 +168,8 @@ def start_run(args, task, model_dir, config, prefix="BERT"):
     checks, rank 0 writes.
     """
     run_dir = prepare_output_dir(task_output_dir(task.name, args.output_dir),
-                                 args.overwrite_output_dir, prefix, args.resume)
+                                 args.overwrite_output_dir and parallel.is_main(), prefix,
+                                 args.resume)
     if args.resume:
         check_resume_args(run_dir, args, prefix)
     if not parallel.is_main():
@@ -179,7 +183,32 @@ def start_run(args, task, model_dir, config, prefix="BERT"):
         if (model_dir / name).is_file():
             blob = (model_dir / name).read_bytes()
             atomic_write(run_file(run_dir, name, prefix), lambda f, blob=blob: f.write(blob))
+    finish_overwrite(run_dir)
     return run_dir
+
+
+def output_lock(args, task):
+    """The write lock of the run's --output_dir, held by rank 0 while the run starts and
+    trains (utils/locks.py); the other ranks write nothing."""
+    if not parallel.is_main():
+        return contextlib.nullcontext()
+    return folder_lock(task_output_dir(task.name, args.output_dir), "--output_dir")
+
+
+def check_inputs_apart(args, task, model_dir, extra=None):
+    """The run's --output_dir is none of its input folders (PTP.py, which writes into the
+    teacher's folder by design, passes the teacher run in no `extra`)."""
+    data = Path(args.data_dir)
+    inputs = {f"--bert_model ({model_dir})": model_dir, f"--data_dir ({data})": data,
+              f"the {task.name} data ({data / task.dir_name})": data / task.dir_name}
+    if getattr(args, "load_model_dir", None):
+        folder = task_output_dir(task.name, args.load_model_dir).parent
+        inputs[f"the --load_model_dir checkpoint's run ({folder})"] = folder
+    if getattr(args, "teacher_prediction", None):
+        folder = task_output_dir(task.name, args.teacher_prediction).parent
+        inputs[f"the --teacher_prediction file ({folder})"] = folder
+    inputs.update(extra or {})
+    check_not_an_input(task_output_dir(task.name, args.output_dir), "--output_dir", inputs)
 
 
 def train_student(args, prefix="BERT", second_pass=None, swap_flip_prob=0.0):
@@ -197,11 +226,16 @@ def train_student(args, prefix="BERT", second_pass=None, swap_flip_prob=0.0):
     data, teacher = hold_out(data, task, args, teacher)
     objective = build_objective(args, task, model, teacher and teacher["train"],
                                 pick_device(args), record)
-    if objective.teacher is not None:
+    live = objective.teacher is not None
+    if live:
         check_same_family(objective.teacher.model.config, config)
-    run_dir = start_run(args, task, model_dir, config)
-    results = train(model, data["train"][1], {s: data[s][1] for s in eval_splits(args, task)},
-                    task, args, objective, run_dir, prefix)
+    check_inputs_apart(args, task, model_dir, {"the teacher's run": teacher_run_dir(
+        args, record)} if live else None)
+    with output_lock(args, task):
+        run_dir = start_run(args, task, model_dir, config)
+        results = train(model, data["train"][1],
+                        {s: data[s][1] for s in eval_splits(args, task)}, task, args, objective,
+                        run_dir, prefix)
     if args.do_predict and parallel.is_main():
         write_json(run_dir / "test_predictions.json",
                    predict_test(args, task, model, tokenizer, test_examples))

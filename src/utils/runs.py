@@ -2,6 +2,7 @@
 and the checks before `--resume` continues an interrupted run."""
 import csv
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -42,20 +43,82 @@ def run_marker(path):
     return None
 
 
+# an overwritten run's files wait here until the new run has started (its args and config
+# written); `.tmp` while they are being moved
+PREVIOUS = ".peakd-previous"
+
+
+def own_files(path, prefix="BERT"):
+    """The files of the run with `prefix` in folder `path`: `<prefix>.*` and, for BERT runs,
+    the unprefixed run files (README: The pipeline). A PTP run in a teacher's folder and the
+    teacher's run do not share a file."""
+    path = Path(path)
+    if not path.is_dir():
+        return []
+    unprefixed = {ARGS_FILE, RESULTS_FILE, RESUME_FILE, "train_log.csv", "eval_log.csv",
+                  "config.json", "vocab.txt", "tokenizer_config.json", "test_predictions.json"}
+    return sorted(p for p in path.iterdir() if p.is_file() and (
+        p.name.startswith(f"{prefix}.") or (prefix == "BERT" and p.name in unprefixed)))
+
+
+def _move_all(files, folder):
+    folder.mkdir(exist_ok=True)
+    for f in files:
+        f.replace(folder / f.name)
+
+
+def recover(path, prefix="BERT"):
+    """Ends an overwrite that was interrupted: before the new run started, the old run's files
+    go back (the old run whole); after, they are dropped (the new run stays, unfinished)."""
+    path = Path(path)
+    moving, aside = path / (PREVIOUS + ".tmp"), path / PREVIOUS
+    for folder in (moving, aside):
+        if not folder.is_dir():
+            continue
+        started = folder is aside and run_file(path, ARGS_FILE, prefix).exists()
+        if not started:
+            _move_all(sorted(folder.iterdir()), path)
+        shutil.rmtree(folder)
+
+
+def set_aside(path, prefix="BERT"):
+    """Moves the run's files into PREVIOUS (through PREVIOUS.tmp, so an interruption part-way is
+    undone by `recover`); `finish_overwrite` deletes them once the new run has started."""
+    path = Path(path)
+    files = own_files(path, prefix)
+    if files:
+        _move_all(files, path / (PREVIOUS + ".tmp"))
+        (path / (PREVIOUS + ".tmp")).rename(path / PREVIOUS)
+
+
+def finish_overwrite(path):
+    """The new run has started: the overwritten run's files go."""
+    shutil.rmtree(Path(path) / PREVIOUS, ignore_errors=True)
+
+
 def prepare_output_dir(path, overwrite=False, prefix="BERT", resume=False):
-    """Creates the run folder; refuses one that holds a finished run unless `overwrite`.
+    """Creates the run folder (run under its lock: utils/locks.py). Refuses one that holds a
+    finished run, or an interrupted one that --resume would continue, unless `overwrite`, which
+    sets the old run aside until the new one has started (`finish_overwrite`).
 
     With `resume` the folder must instead hold an unfinished run that left a resume state.
     """
     path = Path(path)
-    results = run_file(path, RESULTS_FILE, prefix)
+    recover(path, prefix)
+    results, state = run_file(path, RESULTS_FILE, prefix), run_file(path, RESUME_FILE, prefix)
     if resume:
         check_resumable(path, results, overwrite, prefix)
         return path
     if results.exists() and not overwrite:
         raise PeakdError(f"--output_dir {path} already holds a finished run ({results.name}); "
                          "pass --overwrite_output_dir or choose another folder")
+    if state.exists() and not overwrite:
+        raise PeakdError(f"--output_dir {path} holds an interrupted run ({state.name}); continue "
+                         "it with the same command and --resume, or pass "
+                         "--overwrite_output_dir to discard it")
     path.mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        set_aside(path, prefix)
     return path
 
 

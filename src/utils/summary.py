@@ -45,8 +45,16 @@ def training_lines(results, run_dir):
     what = " ".join(str(results[k]) for k in ("task", "train_type", "model_type")
                     if results.get(k))
     checkpoints = [checkpoint_text(results, c) for c in ("acc", "loss")]
-    return [f"done: {what}, {results.get('optimizer_steps')} steps; " + "; ".join(checkpoints),
-            f"run folder: {Path(run_dir).resolve()}"]
+    lines = [f"done: {what}, {results.get('optimizer_steps')} steps; " + "; ".join(checkpoints)]
+    compiled = results.get("compile")
+    if compiled:
+        lines.append(f"compile: {compiled['shapes']} batch shapes, {compiled['warmup_seconds']:.1f}"
+                     f" s in their first steps (the warm-up) of {results['train_seconds']:.1f} s "
+                     "training")
+    if "teacher_forward_seconds" in results:
+        lines.append(f"teacher alongside: {results['teacher_forward_seconds']:.1f} s of forwards, "
+                     f"{results['teacher_forward_share']:.0%} of the training time")
+    return lines + [f"run folder: {Path(run_dir).resolve()}"]
 
 
 def print_summary(lines, file=None):

@@ -33,7 +33,8 @@ from BERT.pytorch_pretrained_bert.linear import machine_key, used_paths as used_
 from . import parallel
 from .allocator import keep_freed_memory
 from .checkpoints import atomic_torch_save, safe_torch_load, save_model_checkpoint, write_json
-from .device import autocast, compile_forward, pad_multiple, pick_device, to_device
+from .device import (COMPILE_BUCKETS, autocast, compile_forward, pad_multiple, pick_device,
+                     to_device)
 from .distill import INTERMEDIATE, Objective
 from .errors import Interrupted, PeakdError
 from .evaluation import evaluate
@@ -188,6 +189,9 @@ class _TrainingRun:
         self.main = parallel.is_main()
         self.amp = autocast(args, device)
         self.multiple = pad_multiple(getattr(args, "pad_to_multiple_of", None), device)
+        # compiled: few lengths, each compiled once; their first steps' time is the warm-up
+        self.buckets = COMPILE_BUCKETS if getattr(args, "compile", None) else None
+        self.shapes, self.warmup_seconds = set(), 0.0
         model.to(device)
         self.micro, _, self.t_total = plan_steps(len(train_features), args)
         self.schedule_total = schedule_steps(len(train_features), args, self.t_total)
@@ -306,7 +310,10 @@ class _TrainingRun:
         """
         local, weight = parallel.share(index)
         batch = to_device(self.train_features.batch(local, self.args.pad_to_max_length,
-                                                    self.multiple), self.device)
+                                                    self.multiple, self.buckets), self.device)
+        shape = tuple(batch["input_ids"].shape)
+        first = self.buckets is not None and shape not in self.shapes
+        started = time.perf_counter()
         # gradients are all-reduced once per optimizer step, not per micro-batch
         sync = contextlib.nullcontext() if boundary or self.ddp is None else self.ddp.no_sync()
         if self.graph_steps:
@@ -317,6 +324,10 @@ class _TrainingRun:
                                    batch["attention_mask"], **self.objective.outputs)
                 loss = self.objective(out, batch)
             self.scaler.scale(loss * weight * share).backward()
+        if first:
+            # compilation runs on the host in this first forward and backward of the shape
+            self.shapes.add(shape)
+            self.warmup_seconds += time.perf_counter() - started
         self.running += loss.detach() * weight / parallel.world_size()
         self.pos.window += 1
         self.pos.seen += len(index)
@@ -418,6 +429,10 @@ class _TrainingRun:
             # whether its samples/s had glibc's malloc reuse large blocks (utils/allocator.py)
             results["malloc_keeps_freed"] = keep_freed_memory()
         results.update(self.objective.report())
+        if self.buckets is not None:
+            results["compile"] = {"mode": self.args.compile, "shapes": len(self.shapes),
+                                  "warmup_seconds": self.warmup_seconds,
+                                  "buckets": list(self.buckets)}
         if "teacher_forward_seconds" in results:
             results["teacher_forward_share"] = results["teacher_forward_seconds"] / seconds
         if getattr(self.args, "train_type", None) in INTERMEDIATE:
