@@ -17,6 +17,7 @@ in a folder that outlives the machine and restores them into a new work folder (
 Writes results.csv (one row per run), results.md (mean ± std per variant, the paper's claims as
 paired comparisons over seeds, PTP label counts) and results.png (matplotlib, optional).
 """
+import signal
 import sys
 from pathlib import Path
 
@@ -209,7 +210,21 @@ def after_stage(stage, stages, records_dir, work):
         records.keep(stage, records_dir)
 
 
+def stop_on_sigterm(*_):
+    """SIGTERM (a `kill`, a scheduler's stop) ends the grid as Ctrl-C does: its running stages
+    are stopped too, instead of running on without it."""
+    raise KeyboardInterrupt
+
+
 def main(argv=None):
+    previous = signal.signal(signal.SIGTERM, stop_on_sigterm)
+    try:
+        return run_grid(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_grid(argv=None):
     args = build_parser().parse_args(argv)
     try:
         work, stages, given = prepare(args)

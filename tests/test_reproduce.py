@@ -5,6 +5,10 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -602,3 +606,27 @@ def test_a_grid_with_the_compared_methods_tables_them(tmp_path):
         in table
     results = json.loads((work / "ckd_seed1" / "eval_results.json").read_text())
     assert results["teacher_forwards"] > 0
+
+
+def test_sigterm_stops_the_grid_and_its_stages(tmp_path):
+    """A `kill` of the grid stops the stage it is running too (it resumes next time), instead of
+    leaving it running on its own, and the grid exits 130 with a line."""
+    glue = make_glue(tmp_path / "glue", tasks=("SST-2",))
+    bert = make_tiny_bert(tmp_path / "bert", glue)
+    work = tmp_path / "work"
+    cmd = [sys.executable, str(ROOT / "bench" / "reproduce.py"), "--task", "SST-2",
+           "--bert_model", str(bert), "--data_dir", str(glue), "--work_dir", str(work),
+           "--protocol", "quick", "--seeds", "1", "--variants", "ft", "--max_seq_length", "24",
+           "--teacher_epochs", "500", "--no_plot"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = work / "logs" / "teacher.log"
+    deadline = time.time() + 60
+    while time.time() < deadline and not (log.is_file() and "BERT SST-2" in log.read_text()):
+        time.sleep(0.2)
+    assert log.is_file(), proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in err
+    time.sleep(0.5)
+    left = subprocess.run(["pgrep", "-f", str(work / "teacher")], capture_output=True, text=True)
+    assert left.stdout.strip() == ""

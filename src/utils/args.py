@@ -5,6 +5,7 @@ Flags whose default depends on `--train_type` default to None and are filled fro
 """
 import argparse
 import math
+import sys
 from pathlib import Path
 
 import envs
@@ -84,10 +85,34 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose usage errors (unknown flag, `--alpha ''`, a bad choice) are one
-    `error: ...` line and exit 2, as the scripts' other errors are one line."""
+    `error: ...` line and exit 2, as the scripts' other errors are one line.
+
+    A flag that takes one value also takes one that starts with '-' and is none of the parser's
+    flags (`--ptp_thresholds -1,-2`, `--teacher_args --bf16`), which argparse alone would refuse
+    with "expected one argument": the value then reaches the flag's own check."""
 
     def error(self, message):
         self.exit(2, f"error: {message}; see {self.prog} --help\n")
+
+    def parse_known_args(self, args=None, namespace=None):
+        argv = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(self._attach_dash_values(argv), namespace)
+
+    def _attach_dash_values(self, argv):
+        out, i = [], 0
+        while i < len(argv):
+            token = argv[i]
+            action = self._option_string_actions.get(token)
+            takes_one = action is not None and action.nargs is None and \
+                isinstance(action, argparse._StoreAction)
+            if takes_one and i + 1 < len(argv) and argv[i + 1].startswith("-") and \
+                    argv[i + 1].split("=", 1)[0] not in self._option_string_actions:
+                out.append(f"{token}={argv[i + 1]}")
+                i += 2
+                continue
+            out.append(str(token))
+            i += 1
+        return out
 
 
 def new_parser(doc):
