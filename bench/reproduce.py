@@ -17,6 +17,7 @@ in a folder that outlives the machine and restores them into a new work folder (
 Writes results.csv (one row per run), results.md (mean ± std per variant, the paper's claims as
 paired comparisons over seeds, PTP label counts) and results.png (matplotlib, optional).
 """
+import contextlib
 import signal
 import sys
 from pathlib import Path
@@ -32,10 +33,18 @@ from grid.run import run_stages  # noqa: E402
 from grid.stats import METHOD_CLAIMS  # noqa: E402
 from utils.args import SELECT_RULES, TASK_NAMES, HelpFormatter, Parser, str2bool  # noqa: E402
 from utils.checkpoints import write_json  # noqa: E402
+from utils.errors import PeakdError  # noqa: E402
+from utils.locks import folder_lock  # noqa: E402
 from utils.device import COMPILE_CACHE_ENV  # noqa: E402
 from utils.features import FEATURE_CACHE_ENV  # noqa: E402
 from utils.glue import get_task  # noqa: E402
 from utils.ptp import PTP_LABEL_NAMES  # noqa: E402
+
+
+# a working example of each pass-through flag (the help texts show them; a test runs each)
+EXTRA_EXAMPLES = {"teacher": "--warmup_proportion 0.2", "teacher_outputs": "--eval_batch_size 128",
+                  "ptp": "--warmup_proportion 0.2", "layer": "--bf16",
+                  "student": "--warmup_proportion 0.2"}
 
 
 def build_parser():
@@ -105,7 +114,7 @@ def build_parser():
     for kind, (script, flag) in KINDS.items():
         p.add_argument(flag, default="",
                        help=f"more {script} flags for every {kind} stage, as one "
-                            "shell-quoted string, e.g. \"--warmup_proportion 0.2\"")
+                            f"shell-quoted string, e.g. {flag}=\"{EXTRA_EXAMPLES[kind]}\"")
     p.add_argument("--teacher_from", default=None, metavar="WORK_DIR",
                    help="take the finished teacher and teacher outputs of another grid's work "
                         "folder (linked, not copied; made with this grid's teacher settings), "
@@ -150,9 +159,11 @@ def settings_header(args, given):
             + (f"; {extra}" if extra else "") + "\n\n")
 
 
-def prepare(args):
+def prepare(args, lock=None):
     """Resolves the protocol, checks every input and the work folder, and plans the grid,
-    before anything runs. Returns (work, stages, flags given explicitly)."""
+    before anything runs; then, unless only looking (--progress_only), takes the work folder's
+    lock (`lock(work)`: one grid at a time) before its first write. Returns (work, stages,
+    flags given explicitly)."""
     try:
         given = apply_protocol(args)
     except ValueError as e:
@@ -161,11 +172,15 @@ def prepare(args):
     work = Path(args.work_dir).resolve()
     _, stages = grid_plan.plan_grid(args, work, depth)
     grid_plan.check_script_flags(stages)
-    if args.teacher_from:
-        grid_plan.link_teacher(args.teacher_from, stages, work)
+    links = (grid_plan.check_teacher_link(args.teacher_from, stages, work)
+             if args.teacher_from else {})
     if args.records_dir:  # kept runs made otherwise are refused before anything runs
         records.restorable(stages, args.records_dir, work)
     grid_plan.check_finished(stages, work, unrecorded_ok=args.progress_only)
+    if lock is not None and not args.progress_only:
+        lock(work)
+    if links:
+        grid_plan.make_links(links, work)
     if args.records_dir and not args.progress_only:
         sync_records(stages, args.records_dir, work)
     return work, stages, given
@@ -226,8 +241,19 @@ def main(argv=None):
 
 def run_grid(argv=None):
     args = build_parser().parse_args(argv)
+    with contextlib.ExitStack() as stack:  # holds the work folder's lock while stages run
+        return grid(args, stack)
+
+
+def grid(args, stack):
+    def lock(work):
+        try:
+            stack.enter_context(folder_lock(work, "--work_dir"))
+        except PeakdError as e:
+            raise GridError(str(e)) from None
+
     try:
-        work, stages, given = prepare(args)
+        work, stages, given = prepare(args, lock)
         if args.progress_only:
             print(report.progress(stages, args.records_dir), end="")
             return None

@@ -23,6 +23,7 @@ PASS, FAIL or not decided, from the repeats' paired interval (speed/report.py).
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
 import sys
@@ -43,15 +44,15 @@ from speed.report import evaluate_targets, fmt, print_report  # noqa: E402
 from speed.scripts import bench_scripts, print_scripts  # noqa: E402
 from speed.workloads import DEFAULT_GLUE, load_mrpc_dev, minilm_dir  # noqa: E402
 from utils.allocator import keep_freed_memory  # noqa: E402
-from utils.args import add_compile_arg  # noqa: E402
+from utils.args import Parser, add_compile_arg  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 AMPS = ("fp32", "bf16", "fp16")
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__.split("\n\n")[0],
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
                    help="tiny models, one or two batches, two repeats: checks the code paths")
     p.add_argument("--force", action="store_true", help="run even when the machine is busy")
@@ -67,7 +68,8 @@ def build_parser():
     p.add_argument("--budget_min", type=float, default=13.0,
                    help="fewer repeats (never under 3) when the warm-ups say the run would "
                         "take longer")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="where to run (auto: CUDA when there is a GPU)")
     p.add_argument("--amp", default=None,
                    help="comma list of fp32, bf16, fp16 (torch.amp autocast); default fp32 on "
                         "the CPU, fp32,bf16,fp16 on CUDA")
@@ -80,13 +82,16 @@ def build_parser():
     p.add_argument("--clock", default="wall", choices=("wall", "cpu"),
                    help="cpu: this process's CPU time: robust to other load, with --threads 1 "
                         "only")
-    p.add_argument("--glue_dir", default=str(DEFAULT_GLUE))
+    p.add_argument("--glue_dir", default=str(DEFAULT_GLUE),
+                   help="folder holding MRPC/dev.tsv (default: $PEAKD_SHARED_GLUE or "
+                        "../shared/glue_data)")
     s = p.add_argument_group("the scripts' own path (speed/scripts.py)")
     s.add_argument("--no_scripts", action="store_true",
                    help="skip finetune.py in a fresh process")
     s.add_argument("--bert_model", default=None,
                    help="pretrained BERT for finetune.py (default: the MiniLM package)")
-    s.add_argument("--script_epochs", type=float, default=1.0)
+    s.add_argument("--script_epochs", type=float, default=1.0,
+                   help="epochs of each finetune.py run")
     s.add_argument("--script_max_steps", type=int, default=None,
                    help="stop each run after this many steps (default: none on CUDA; 10 on a "
                         "CPU, 2 with --quick)")
@@ -98,7 +103,21 @@ def build_parser():
 
 
 def check_args(args, cuda):
-    """Fills defaults that depend on others; exits with a message on a bad combination."""
+    """Fills defaults that depend on others; exits with one `error:` line on a bad value or
+    combination."""
+    for name in ("threads", "batch", "repeats", "script_max_steps"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            sys.exit(f"error: --{name} {value} must be >= 1")
+    for name in ("budget_min", "max_load", "script_epochs", "script_timeout"):
+        value = getattr(args, name)
+        if not (math.isfinite(value) and value > 0):
+            sys.exit(f"error: --{name} {value} must be a number > 0")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("error: --device cuda: this torch sees no CUDA GPU; use --device cpu or auto")
+    if args.clock == "cpu" and (args.threads or torch.get_num_threads()) > 1:
+        sys.exit("error: --clock cpu measures one thread's CPU time: add --threads 1 (or use "
+                 "--clock wall)")
     if args.repeats is None:
         args.repeats = 2 if args.quick else 3
     if args.bf16:
@@ -108,10 +127,10 @@ def check_args(args, cuda):
     else:
         amps = list(AMPS) if cuda else ["fp32"]
     if set(amps) - set(AMPS) or ("fp16" in amps and not cuda):
-        sys.exit(f"--amp {','.join(amps)}: use fp32, bf16, and fp16 on CUDA only")
+        sys.exit(f"error: --amp {','.join(amps)}: use fp32, bf16, and fp16 on CUDA only")
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     if set(configs) - set(CONFIGS) or not (configs or not args.no_scripts):
-        sys.exit(f"--configs {args.configs}: choose from {', '.join(CONFIGS)}")
+        sys.exit(f"error: --configs {args.configs}: choose from {', '.join(CONFIGS)}")
     if args.bert_model is None:
         args.bert_model = str(minilm_dir())
     return amps, configs
@@ -199,6 +218,11 @@ def main(argv=None):
         report["scripts"] = bench_scripts(args, cuda, amps, log, env)
         print_scripts(report["scripts"])
     finish(args, report, t0, log)
+    failed = [amp for amp, run in (report.get("scripts") or {}).get("runs", {}).items()
+              if run.get("returncode") != 0]
+    if failed:
+        sys.exit(f"error: finetune.py failed in the scripts' path ({', '.join(failed)}); its "
+                 "output is above and in the JSON")
     return report
 
 

@@ -11,7 +11,6 @@ student). It prints one row per model with the measured dev accuracy and its dif
 row above. A step whose outputs exist is skipped unless --force or something it depends on was
 rebuilt. The model was never pretrained: the numbers say nothing about BERT, GLUE or the paper.
 """
-import argparse
 import json
 import os
 import sys
@@ -20,10 +19,14 @@ from pathlib import Path
 
 # the embedded default, the teacher file's name and run file names come from the project's
 # utils; the pipeline steps themselves only ever run as scripts
-from utils.args import HelpFormatter
+from utils.args import HelpFormatter, Parser
 from utils.demo_data import (NOT_PRETRAINED, SPLIT_FILES, TASK_DIR_NAME, TASK_NAME, TASK_RULE,
                              make_demo_bert, make_demo_task, read_info)
+from utils.errors import PeakdError
 from utils.launch import launch
+from utils.locks import LOCK_NAME, PID_NAME, folder_lock
+from utils.paths import check_writable_dir
+from utils.pipeline import run_cli
 from utils.runs import RESULTS_FILE, run_file
 from utils.teacher_outputs import default_path
 
@@ -42,11 +45,16 @@ STUDENT_EPOCHS = "4"
 TEACHER_TARGET = 0.9
 
 
+# the file that marks a folder as the demo's own: the demo writes only into a folder that has
+# it, or into a new or empty one (where it leaves it)
+MARKER = ".peakd-demo"
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=HelpFormatter)
+    parser = Parser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     parser.add_argument("--work_dir", default=str(DEFAULT_WORK_DIR),
-                        help="folder for the demo data, model and runs (default: %(default)s)")
+                        help="folder for the demo data, model and runs: a new or empty folder, "
+                             "or one an earlier demo made (default: %(default)s)")
     parser.add_argument("--force", action="store_true",
                         help="rebuild the data and model and rerun every step (default: reuse "
                              "what a previous run finished)")
@@ -158,11 +166,37 @@ def format_table(rows):
     return lines
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    start = time.perf_counter()
-    work = Path(args.work_dir).expanduser().resolve()
+def claim(work):
+    """Makes `work` the demo's folder: refuses a file, a folder it cannot write, and a folder that
+    holds anything but an earlier demo's files (its steps overwrite their runs); marks it."""
+    check_writable_dir(work, "--work_dir")
+    marked = (work / MARKER).is_file()
+    if work.is_dir() and not marked and any(p.name not in (LOCK_NAME, PID_NAME)
+                                            for p in work.iterdir()):
+        raise PeakdError(f"--work_dir {work} holds files and is not a folder an earlier demo "
+                         f"made (no {MARKER}); the demo overwrites its runs, so give it a new or "
+                         "empty folder")
     work.mkdir(parents=True, exist_ok=True)
+    (work / MARKER).write_text("made by src/demo.py: its runs are rewritten by the next demo\n")
+
+
+def main(argv=None):
+    parser = build_parser()
+    return run_cli(parser, run, argv)
+
+
+def run(args):
+    start = time.perf_counter()
+    if not args.work_dir.strip():
+        raise PeakdError("--work_dir is empty; pass a folder or leave the flag out")
+    work = Path(args.work_dir).expanduser().resolve()
+    check_writable_dir(work, "--work_dir")
+    with folder_lock(work, "--work_dir"):
+        claim(work)
+        return run_demo(args, work, start)
+
+
+def run_demo(args, work, start):
     data_root, bert_dir = work / "data", work / "bert"
     print(f"PeaKD demo in {work}\n{NOT_PRETRAINED.format(seed=args.seed)}\n"
           f"task: {TASK_RULE}\n", flush=True)
@@ -200,9 +234,8 @@ def main(argv=None):
             raise
         if code:
             # the step has printed its own error; finished steps are kept for the next run
-            print(f"\ndemo: step '{stage.name}' failed (exit {code}); fix it and rerun, "
-                  "the finished steps are skipped", file=sys.stderr)
-            raise SystemExit(code if code > 0 else 1)
+            raise PeakdError(f"demo step '{stage.name}' failed (exit {code}); fix it and rerun, "
+                             "the finished steps are skipped")
         print(f"== {stage.name}: {time.perf_counter() - stage_start:.1f} s", flush=True)
         changed.add(stage.name)
 

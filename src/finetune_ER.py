@@ -30,6 +30,10 @@ def run(args):
                          "SPS_no_shuffle (or finetune.py for a plain one)")
     if not 0.0 <= args.swap_prob <= 1.0:
         raise PeakdError(f"--swap_prob {args.swap_prob} must be in [0, 1]")
+    if args.swap_prob > 0 and args.model_type == "SPS_no_shuffle":
+        raise PeakdError(f"--swap_prob {args.swap_prob} flips the Q/K swap that "
+                         "--model_type SPS_no_shuffle leaves out; use --model_type SPS, or drop "
+                         "--swap_prob")
     return train_student(args, second_pass=second_pass_layers(args.sps_layers,
                                                               args.student_hidden_layers),
                          swap_flip_prob=args.swap_prob)

@@ -294,5 +294,5 @@ def test_a_failed_step_stops_the_demo_with_its_exit_status(tmp_path, monkeypatch
         demo.main(["--work_dir", str(tmp_path)])
     assert e.value.code == 1  # finetune.py refuses the task name
     err = capsys.readouterr().err
-    assert "demo: step 'teacher' failed (exit 1)" in err
+    assert "error: demo step 'teacher' failed (exit 1)" in err
     assert not (tmp_path / "teacher_outputs").exists() and not (tmp_path / "bad").exists()

@@ -130,7 +130,7 @@ def split_extra(flag, text):
         return shlex.split(text or "")
     except ValueError as e:
         raise GridError(f"{flag} {text!r} cannot be split into flags ({e}); quote it as one "
-                        "shell word, e.g. {flag} \"--warmup_proportion 0.2\"") from None
+                        f"shell word, e.g. {flag}=\"--warmup_proportion 0.2\"") from None
 
 
 def check_inputs(args):
@@ -155,9 +155,13 @@ def check_inputs(args):
             parse_thresholds_flag(args.ptp_thresholds)
         except PeakdError as e:
             raise GridError(f"{e}, or `table` for PTP.py's per-task table") from None
-    work = Path(args.work_dir)
-    if work.exists() and not work.is_dir():
-        raise GridError(f"--work_dir {work} is a file; give a folder (it is created if missing)")
+    for flag, value in (("--work_dir", args.work_dir),
+                        ("--records_dir", getattr(args, "records_dir", None))):
+        if value is not None and not str(value).strip():
+            raise GridError(f"{flag} is empty; pass a folder")
+        if value is not None and Path(value).exists() and not Path(value).is_dir():
+            raise GridError(f"{flag} {value} is a file; give a folder (it is created if "
+                            "missing)")
     try:
         task = get_task(args.task)
         model_dir = resolve_bert_model(args.bert_model)
@@ -440,12 +444,12 @@ def check_finished(stages, work, unrecorded_ok=False):
                         "runs")
 
 
-def link_teacher(source, stages, work):
-    """Makes another grid's finished teacher and teacher outputs (its work folder `source`)
-    this grid's, through relative symbolic links, so that one teacher serves several studies
-    (say, a confirmatory one with new seeds). Checks both stages in `source` against this
-    grid's settings first and refuses in one line, linking nothing, when either is missing or
-    was made otherwise."""
+def check_teacher_link(source, stages, work):
+    """The links ({link: target}) that make another grid's finished teacher and teacher outputs
+    (its work folder `source`) this grid's, so that one teacher serves several studies (say, a
+    confirmatory one with new seeds); `make_links` makes them. Checks both stages in `source`
+    against this grid's settings and refuses in one line, writing nothing, when either is
+    missing or was made otherwise."""
     source = Path(source).resolve()
     if source == work:
         raise GridError(f"--teacher_from {source} is the --work_dir itself; name the work "
@@ -471,6 +475,11 @@ def link_teacher(source, stages, work):
         if link.exists() or link.is_symlink():
             raise GridError(f"--work_dir {work} already has its own {link.name}; leave out "
                             "--teacher_from or use a new --work_dir")
+    return {link: links[link] for link in missing}
+
+
+def make_links(links, work):
+    """Makes the relative links `check_teacher_link` planned ({link: target})."""
     work.mkdir(parents=True, exist_ok=True)
-    for link in missing:
-        link.symlink_to(os.path.relpath(links[link], link.parent))
+    for link, target in links.items():
+        link.symlink_to(os.path.relpath(target, link.parent))

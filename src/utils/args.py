@@ -10,7 +10,7 @@ from pathlib import Path
 
 import envs
 
-from .errors import PeakdError
+from .errors import PeakdError, warn
 from .glue import TASKS, get_task
 from .methods import DISTIL_COS, loss_presets
 
@@ -383,7 +383,27 @@ def apply_presets(args):
     for name in ("beta", "alpha_ce", "alpha_task", "alpha_cos"):
         if getattr(args, name, None) is not None and getattr(args, name) < 0:
             raise PeakdError(f"--{name} {getattr(args, name)} must be >= 0")
+    warn_absurd(args, ("T", "beta", "alpha_ce", "alpha_task", "alpha_cos"))
     return args
+
+
+# (low, high, what is usual): a value outside runs as given, with one warning line
+SANE = {"learning_rate": (1e-7, 1e-2, "fine-tuning uses 1e-5 to 1e-4"),
+        "T": (0.1, 100.0, "distillation uses 1 to 20"),
+        "beta": (0.0, 1e4, "PKD uses 10 to 1000"),
+        "alpha_ce": (0.0, 1e3, "DistilBERT uses 5"),
+        "alpha_task": (0.0, 1e3, "DistilBERT uses 2"),
+        "alpha_cos": (0.0, 1e3, "DistilBERT uses 1")}
+
+
+def warn_absurd(args, names):
+    """One warning line per value of `names` whose magnitude no fine-tuning uses (a slip such as
+    1e6 for 1e-6); the run goes on as asked, and a loss that diverges stops it."""
+    for name in names:
+        low, high, usual = SANE[name]
+        value = getattr(args, name, None)
+        if value is not None and not low <= value <= high:
+            warn(f"--{name} {value:g} is far outside the usual range ({usual}); check it")
 
 
 def check_finite(args, names):
@@ -429,6 +449,7 @@ def check_common(args):
         raise PeakdError(f"--num_train_epochs {args.num_train_epochs} must be > 0")
     if getattr(args, "weight_decay", 0.0) < 0:
         raise PeakdError(f"--weight_decay {args.weight_decay} must be >= 0")
+    warn_absurd(args, ("learning_rate",))
     if args.fp16 and args.bf16:
         raise PeakdError("--fp16 and --bf16 exclude each other; pick one")
     if getattr(args, "compile", None) in CUDA_GRAPH_MODES and args.gradient_accumulation_steps > 1:

@@ -137,6 +137,10 @@ def build_objective(args, task, model, teacher_train=None, device="cpu", teacher
     patient = kind == "pkd" and args.beta > 0
     if patient:
         student_layers = effective_layers(model)
+        if student_layers < 2:
+            raise PeakdError("--train_type pkd: a student with 1 effective layer has no "
+                             "intermediate layer for the patient loss; use --train_type kd, "
+                             "--beta 0, or an SPS student (2 effective layers)")
         teacher_cls = teacher_train["layer_cls"]  # (N, L_T, H)
         if teacher_cls.shape[2] != model.config.hidden_size:
             raise PeakdError(f"the teacher's hidden size {teacher_cls.shape[2]} differs from the "

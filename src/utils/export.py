@@ -9,6 +9,8 @@ BERT then computes exactly what the SPS schedule does; the file is larger (2k la
 but the model is the same.
 """
 import json
+import os
+import shutil
 from pathlib import Path
 
 from BERT.pytorch_pretrained_bert import atomic_write, save_safetensors
@@ -81,20 +83,47 @@ def export_run(run_dir, export_dir, criterion="acc", overwrite=False):
         raise PeakdError(f"--export_dir {export_dir} is not empty; pass --overwrite_export_dir "
                          "or choose another folder")
     model, config, run_args, task = load_trained_run(run_dir, criterion)
+    if config.model_type != "bert":
+        raise PeakdError(f"--run_dir {run_dir} holds a {config.model_type} model; the export "
+                         "writes transformers' BERT layout, which it does not fit")
     tokenizer = load_tokenizer(run_dir, config, "--run_dir")
     state = unrolled_state_dict(model)
     meta = {"format": "pt", "criterion": criterion,
             "model_type": run_args["model_type"], "task": task.name}
-    export_dir.mkdir(parents=True, exist_ok=True)
-    write_json(export_dir / "config.json",
-               hf_config(config, effective_layers(model), task, tokenizer.vocab.get("[PAD]", 0)))
-    write_json(export_dir / "tokenizer_config.json",
-               {"tokenizer_class": "BertTokenizer", "do_lower_case": tokenizer.do_lower_case,
-                "model_max_length": config.max_position_embeddings})
     vocab = (run_dir / "vocab.txt").read_bytes()
-    atomic_write(export_dir / "vocab.txt", lambda f: f.write(vocab))
-    save_safetensors(state, export_dir / "model.safetensors", metadata=meta)
+
+    def write(folder):
+        write_json(folder / "config.json",
+                   hf_config(config, effective_layers(model), task,
+                             tokenizer.vocab.get("[PAD]", 0)))
+        write_json(folder / "tokenizer_config.json",
+                   {"tokenizer_class": "BertTokenizer", "do_lower_case": tokenizer.do_lower_case,
+                    "model_max_length": config.max_position_embeddings})
+        atomic_write(folder / "vocab.txt", lambda f: f.write(vocab))
+        save_safetensors(state, folder / "model.safetensors", metadata=meta)
+
+    publish_folder(export_dir, write)
     return export_dir
+
+
+def publish_folder(final, write):
+    """Runs write(folder) on a new temporary folder beside `final`, then puts it in the place of
+    `final` (an old one is replaced only then), so that an interruption leaves `final` as it was
+    and no half-written export."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        write(tmp)
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def selected_checkpoint(run_dir, criterion):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from utils.errors import PeakdError
+from utils.errors import PeakdError, warn
 
 BINARY = ("0", "1")
 ENTAILMENT = ("entailment", "not_entailment")
@@ -86,6 +86,7 @@ class GlueProcessor:
     test: ClassVar[Columns]  # layout of the test splits, whose labels are never read
     splits: ClassVar[dict[str, str]] = {"train": "train.tsv", "dev": "dev.tsv", "test": "test.tsv"}
     skip_labels: ClassVar[frozenset[str]] = frozenset()  # gold labels whose rows are dropped
+    score_range: ClassVar[tuple[float, float]] = (-math.inf, math.inf)  # regression scores
 
     def get_examples(self, data_dir: str | Path, split: str) -> list[InputExample]:
         """The examples of `split` from the task's folder `data_dir`, in file order."""
@@ -94,7 +95,13 @@ class GlueProcessor:
                              f"use one of {', '.join(self.splits)}")
         path = Path(data_dir) / self.splits[split]
         columns = self.test if split.startswith("test") else self.train
-        rows = read_tsv(path)[1 if columns.header else 0:]
+        rows = read_tsv(path)
+        if columns.header and rows and self.looks_like_data(rows[0][1], columns):
+            # a header line's label column holds a name ("Quality", "label"), never a label
+            warn(f"{path}: the first line looks like an example, not the header this task's "
+                 "files have; it is read as an example")
+        elif columns.header:
+            rows = rows[1:]
         examples = []
         for line_no, row in rows:
             if len(row) < columns.min_width:
@@ -109,7 +116,24 @@ class GlueProcessor:
                 text_b=None if columns.text_b is None else row[columns.text_b],
                 label=None if raw is None else self.parse_label(raw, path, line_no),
             ))
+        empty = sum(not ex.text_a.strip() or (ex.text_b is not None and not ex.text_b.strip())
+                    for ex in examples)
+        if empty:
+            warn(f"{path}: {empty} of {len(examples)} examples have an empty text; they are "
+                 "kept (their input is the special tokens alone)")
         return examples
+
+    def looks_like_data(self, row: list[str], columns: Columns) -> bool:
+        """Whether a first line that should be a header is an example (its label is valid)."""
+        if columns.label is None or len(row) < columns.min_width:
+            return False
+        raw = row[columns.label]
+        if self.labels is not None:
+            return raw in self.labels
+        try:
+            return math.isfinite(float(raw))
+        except ValueError:
+            return False
 
     def parse_label(self, raw: str, path: Path, line_no: int) -> str | float:
         """The label string checked against `labels`, or the float score for regression."""
@@ -120,6 +144,10 @@ class GlueProcessor:
                 score = math.nan
             if not math.isfinite(score):
                 raise row_error(path, line_no, f"score {raw!r} is not a finite number")
+            low, high = self.score_range
+            if not low <= score <= high:
+                raise row_error(path, line_no, f"score {raw!r} is outside the task's range "
+                                               f"{low:g}..{high:g}")
             return score
         if raw not in self.labels:
             raise row_error(path, line_no, f"label {raw!r} is not one of {', '.join(self.labels)}")
@@ -160,6 +188,7 @@ class StsbProcessor(GlueProcessor):
     labels = None
     train = Columns(text_a=7, text_b=8, label=-1)
     test = Columns(text_a=7, text_b=8)
+    score_range = (0.0, 5.0)
 
 
 class MnliProcessor(GlueProcessor):

@@ -91,7 +91,12 @@ def load_pretrained_encoder(model_dir):
     try:
         return normalize_state_dict(load_pretrained_weights(model_dir), bert_prefix="")
     except Exception as e:
-        raise PeakdError(f"cannot read the weights in {model_dir}: {e}") from None
+        # torch's own message runs over several lines (and suggests weights_only=False, which
+        # would run code from the file): its first line says what is wrong
+        first = next((line.strip() for line in str(e).splitlines() if line.strip()),
+                     type(e).__name__)
+        raise PeakdError(f"cannot read the weights in {model_dir} ({first[:200]}); download or "
+                         "copy them again") from None
 
 
 def sps_schedule(num_layers, model_type, second_pass=None):
@@ -119,6 +124,9 @@ def second_pass_layers(value, num_layers):
         raise PeakdError(f"--sps_layers {value!r} must be comma-separated layer numbers") from None
     if not layers or not all(0 <= i < num_layers for i in layers):
         raise PeakdError(f"--sps_layers {value} must name layers in 1..{num_layers}")
+    if len(set(layers)) < len(layers):
+        raise PeakdError(f"--sps_layers {value} names a layer twice; the second pass runs each "
+                         "named layer once, so name each once")
     return layers
 
 

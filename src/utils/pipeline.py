@@ -34,7 +34,7 @@ def run_cli(parser, fn, argv=None):
     """
     args = parser.parse_args(argv)
     try:
-        check_not_empty(args)
+        check_not_empty(args, {a.dest for a in parser._actions if a.required})
         return fn(args)
     except PeakdError as e:
         fail(str(e), 1)
@@ -57,12 +57,13 @@ def fail(message, code):
     raise SystemExit(code) from None
 
 
-def check_not_empty(args):
+def check_not_empty(args, required=()):
     """An empty flag value (`--bert_model ''`) would silently mean the current folder or no
     value; refuse it."""
     for name, value in vars(args).items():
         if isinstance(value, str) and not value.strip():
-            raise PeakdError(f"--{name} is empty; pass a value or leave the flag out")
+            fix = "pass a value" if name in required else "pass a value or leave the flag out"
+            raise PeakdError(f"--{name} is empty; {fix}")
 
 
 def command_line(parser, argv=None):

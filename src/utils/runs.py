@@ -188,7 +188,15 @@ def read_args(run_dir):
     if not path.is_file():
         raise PeakdError(f"{run_dir} is not a run folder: it has no {ARGS_FILE}; pass the "
                          "--output_dir of a finished finetune.py run")
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        args = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise PeakdError(f"{path} is not valid JSON ({str(e)[:80]}); the run folder is damaged: "
+                         "train the run again") from None
+    if not isinstance(args, dict):
+        raise PeakdError(f"{path} is not a JSON object; the run folder is damaged: train the run "
+                         "again")
+    return args
 
 
 class CsvLog:

@@ -18,7 +18,7 @@ import zipfile
 import zlib
 from pathlib import Path
 
-from http_fetch import FetchError, fetch
+from http_fetch import FetchError, checked_args, fetch
 
 # src/, the import root of the project's shared helpers (the help formatter, the summary lines)
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -46,9 +46,9 @@ MRPC_TEST_HEADER = b"index\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
 
 def default_data_dir():
     """The glue_data folder beside this script, unless the project's data variables say otherwise."""
-    if os.environ.get("PEAKD_GLUE_DIR"):
+    if os.environ.get("PEAKD_GLUE_DIR", "").strip():
         return Path(os.environ["PEAKD_GLUE_DIR"])
-    if os.environ.get("PEAKD_DATA_DIR"):
+    if os.environ.get("PEAKD_DATA_DIR", "").strip():
         return Path(os.environ["PEAKD_DATA_DIR"]) / "data_raw" / "glue_data"
     return Path(__file__).resolve().parent / "glue_data"
 
@@ -56,7 +56,7 @@ def default_data_dir():
 def build_parser():
     parser = Parser(description="Download the GLUE data in the 2019 TSV layout.",
                     formatter_class=HelpFormatter)
-    parser.add_argument("--data_dir", type=Path, default=None,
+    parser.add_argument("--data_dir", default=None,
                         help="where the <TASK>/ folders go (default: $PEAKD_GLUE_DIR, else "
                              "$PEAKD_DATA_DIR/data_raw/glue_data, else glue_data/ beside this script)")
     parser.add_argument("--tasks", default="all",
@@ -265,7 +265,7 @@ def main(argv=None):
     except FetchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
-    data_dir = args.data_dir if args.data_dir is not None else default_data_dir()
+    timeout, data_dir = checked_args(args.timeout, args.data_dir, "--data_dir", default_data_dir)
     base_url = (args.base_url or os.environ.get("PEAKD_GLUE_BASE_URL") or GLUE_BASE_URL).rstrip("/")
     mrpc_base_url = (args.mrpc_base_url or os.environ.get("PEAKD_MRPC_BASE_URL") or MRPC_BASE_URL).rstrip("/")
     if data_dir.exists() and not data_dir.is_dir():
@@ -287,7 +287,7 @@ def main(argv=None):
             continue
         print(f"downloading {task} ...", flush=True)
         try:
-            download_task(task, data_dir, base_url, mrpc_base_url, args.timeout)
+            download_task(task, data_dir, base_url, mrpc_base_url, timeout)
         except KeyboardInterrupt:
             print(f"error: interrupted while downloading {task}; nothing of it was kept, and the "
                   "tasks done before are complete: rerun the same command to go on",

@@ -12,7 +12,6 @@ weights) before it is renamed into place. A failure leaves nothing half-written.
 1.3 GB of free space while it runs and 440 MB after.
 """
 import hashlib
-import math
 import os
 import shutil
 import subprocess
@@ -20,7 +19,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from http_fetch import FetchError
+from http_fetch import FetchError, checked_args
 from model_folder import install_folder
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -48,7 +47,7 @@ def default_output_dir():
 
 def build_parser():
     parser = Parser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
-    parser.add_argument("--output_dir", type=Path, default=None,
+    parser.add_argument("--output_dir", default=None,
                         help=f"parent of the {NAME}/ folder (default: $PEAKD_PRETRAINED_DIR, else "
                              "$PEAKD_DATA_DIR/models/pretrained, else src/data/models/pretrained)")
     parser.add_argument("--force", action="store_true",
@@ -147,12 +146,8 @@ def install(output_dir, find_links, timeout, expected_sha):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    if not (math.isfinite(args.timeout) and args.timeout > 0):
-        print(f"error: --timeout {args.timeout} must be a number of seconds > 0", file=sys.stderr)
-        sys.exit(2)
-    output_dir = args.output_dir if args.output_dir is not None else default_output_dir()
-    if str(output_dir).strip() in ("", "."):
-        output_dir = default_output_dir()
+    timeout, output_dir = checked_args(args.timeout, args.output_dir, "--output_dir",
+                                       default_output_dir)
     final = output_dir / NAME
     if not args.force and all((final / f).is_file() for f in KEEP):
         print(f"skip: {NAME} is already in {final} (use --force to install it again)")
@@ -163,7 +158,7 @@ def main(argv=None):
               "path", file=sys.stderr)
         sys.exit(1)
     try:
-        install(output_dir, args.find_links, args.timeout, args.sha256)
+        install(output_dir, args.find_links, timeout, args.sha256)
     except KeyboardInterrupt:
         print(f"error: interrupted while installing {NAME}; nothing of it was kept: rerun the "
               "same command", file=sys.stderr)

@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from http_fetch import FetchError, fetch
+from http_fetch import FetchError, checked_args, fetch
 from model_folder import install_folder
 
 # src/, the import root of the project's shared helpers (the help formatter, the summary lines)
@@ -25,9 +25,9 @@ HF_URL = "https://huggingface.co/{name}/resolve/main"
 
 def default_output_dir():
     """models/pretrained under src/data, unless the project's data variables say otherwise."""
-    if os.environ.get("PEAKD_PRETRAINED_DIR"):
+    if os.environ.get("PEAKD_PRETRAINED_DIR", "").strip():
         return Path(os.environ["PEAKD_PRETRAINED_DIR"])
-    if os.environ.get("PEAKD_DATA_DIR"):
+    if os.environ.get("PEAKD_DATA_DIR", "").strip():
         return Path(os.environ["PEAKD_DATA_DIR"]) / "models" / "pretrained"
     return Path(__file__).resolve().parents[1] / "models" / "pretrained"
 
@@ -36,7 +36,7 @@ def build_parser():
     parser = Parser(description="Download a pretrained BERT checkpoint.",
                     formatter_class=HelpFormatter)
     parser.add_argument("--name", default=DEFAULT_NAME, help=f"model name and folder name (default: {DEFAULT_NAME})")
-    parser.add_argument("--output_dir", type=Path, default=None,
+    parser.add_argument("--output_dir", default=None,
                         help="parent of the <name>/ folder (default: $PEAKD_PRETRAINED_DIR, else "
                              "$PEAKD_DATA_DIR/models/pretrained, else src/data/models/pretrained)")
     parser.add_argument("--base_url", default=None,
@@ -70,7 +70,8 @@ def main(argv=None):
         sys.exit(1)
     # The folder name drops any organisation prefix ("google-bert/bert-base-uncased" -> bert-base-uncased).
     folder_name = name.rsplit("/", 1)[-1]
-    output_dir = args.output_dir if args.output_dir is not None else default_output_dir()
+    timeout, output_dir = checked_args(args.timeout, args.output_dir, "--output_dir",
+                                       default_output_dir)
     base_url = (args.base_url or os.environ.get("PEAKD_BERT_BASE_URL") or HF_URL.format(name=name)).rstrip("/")
 
     final = output_dir / folder_name
@@ -83,7 +84,7 @@ def main(argv=None):
               "path", file=sys.stderr)
         sys.exit(1)
     try:
-        download_model(folder_name, files, output_dir, base_url, args.timeout)
+        download_model(folder_name, files, output_dir, base_url, timeout)
     except KeyboardInterrupt:
         print(f"error: interrupted while downloading {name}; nothing of it was kept: rerun the "
               "same command", file=sys.stderr)

@@ -2,6 +2,10 @@
 
 The scripts run as `python src/data/data_raw/<script>.py`, so this folder is on their import path.
 """
+import math
+import sys
+from pathlib import Path
+
 import requests
 
 CHUNK = 1 << 20
@@ -54,3 +58,18 @@ def fetch(url, dest, timeout):
         raise FetchError(f"download of {url} failed: truncated ({received} of {expected} bytes)")
     if received == 0:
         raise FetchError(f"download of {url} failed: the server sent an empty file")
+
+
+def checked_args(timeout, folder, flag, default):
+    """(timeout, folder) of a downloader's command line, or one `error:` line and exit 2:
+    the timeout a number of seconds > 0; the folder given (not empty: '' is never the current
+    folder) or `default()`."""
+    if not (math.isfinite(timeout) and timeout > 0):
+        print(f"error: --timeout {timeout} must be a number of seconds > 0", file=sys.stderr)
+        sys.exit(2)
+    if folder is None:
+        return timeout, default()
+    if not str(folder).strip():
+        print(f"error: {flag} is empty; pass a folder or leave the flag out", file=sys.stderr)
+        sys.exit(2)
+    return timeout, Path(folder)
