@@ -133,6 +133,10 @@ def check_args(args, cuda):
         sys.exit(f"error: --configs {args.configs}: choose from {', '.join(CONFIGS)}")
     if args.bert_model is None:
         args.bert_model = str(minilm_dir())
+    if not args.no_scripts and not any((Path(args.bert_model) / name).is_file()
+                                       for name in ("config.json", "bert_config.json")):
+        sys.exit(f"error: --bert_model {args.bert_model} has no config.json: pass a pretrained "
+                 "model folder")
     return amps, configs
 
 

@@ -166,18 +166,16 @@ def format_table(rows):
     return lines
 
 
-def claim(work):
-    """Makes `work` the demo's folder: refuses a file, a folder it cannot write, and a folder that
-    holds anything but an earlier demo's files (its steps overwrite their runs); marks it."""
+def check_claimable(work):
+    """Refuses, before anything is written, a --work_dir that is a file, that cannot be
+    written, or that holds anything but an earlier demo's files (its steps overwrite their
+    runs): the demo writes only into a folder it made (MARKER) or a new or empty one."""
     check_writable_dir(work, "--work_dir")
-    marked = (work / MARKER).is_file()
-    if work.is_dir() and not marked and any(p.name not in (LOCK_NAME, PID_NAME)
-                                            for p in work.iterdir()):
+    if work.is_dir() and not (work / MARKER).is_file() and \
+            any(p.name not in (LOCK_NAME, PID_NAME) for p in work.iterdir()):
         raise PeakdError(f"--work_dir {work} holds files and is not a folder an earlier demo "
                          f"made (no {MARKER}); the demo overwrites its runs, so give it a new or "
                          "empty folder")
-    work.mkdir(parents=True, exist_ok=True)
-    (work / MARKER).write_text("made by src/demo.py: its runs are rewritten by the next demo\n")
 
 
 def main(argv=None):
@@ -190,9 +188,9 @@ def run(args):
     if not args.work_dir.strip():
         raise PeakdError("--work_dir is empty; pass a folder or leave the flag out")
     work = Path(args.work_dir).expanduser().resolve()
-    check_writable_dir(work, "--work_dir")
+    check_claimable(work)
     with folder_lock(work, "--work_dir"):
-        claim(work)
+        (work / MARKER).write_text("made by src/demo.py: the next demo rewrites its runs\n")
         return run_demo(args, work, start)
 
 
