@@ -129,8 +129,8 @@ def test_from_pretrained_is_strict(tmp_path):
     (tmp_path / "m").mkdir()
     save_safetensors(state, tmp_path / "m" / "model.safetensors")
     source.config.to_json_file(tmp_path / "m" / "config.json")
-    with pytest.raises(ValueError, match=r"missing keys \['pooler.dense.bias'\].*"
-                                         r"unexpected keys \['encoder.layer.9"):
+    with pytest.raises(ValueError, match=r"missing keys \[pooler.dense.bias\].*"
+                                         r"unexpected keys \[encoder.layer.9"):
         BertModel.from_pretrained(tmp_path / "m")
     with pytest.raises(FileNotFoundError, match="has no config"):
         BertModel.from_pretrained(tmp_path)

@@ -457,3 +457,11 @@ def test_each_protection_runs_once_per_run_and_never_per_step(tiny, tmp_path, mo
         FINETUNE.main(train_args("MRPC", tiny.data, tiny.bert, tmp_path / f"r{steps}", *STUDENT,
                                  "--max_steps", steps, "--num_train_epochs", 3))
         assert calls == {"folder_lock": 1, "check_not_an_input": 1, "prepare_output_dir": 1}
+
+
+def test_a_long_key_list_is_summarised(tiny, mrpc_teacher, tmp_path, capsys):
+    """A 4-layer encoder into a 2-layer student: 32 unexpected keys, two of them named."""
+    line = expect_error(FINETUNE.main, train_args(
+        "MRPC", tiny.data, tiny.bert, tmp_path / "r", *STUDENT, "--load_model_dir",
+        mrpc_teacher.run / "BERT.encoder_acc.pkl"), capsys, ["does not fit", "more]"])
+    assert len(line) < 400

@@ -543,8 +543,8 @@ class BertPreTrainedModel(nn.Module):
                        for k, v in state_dict.items() if k in own and v.shape != own[k].shape]
         if missing or unexpected or wrong_shape:
             raise ValueError(f"state dict does not fit {type(self).__name__}: "
-                             f"missing keys {missing}, unexpected keys {unexpected}, "
-                             f"wrong shapes {wrong_shape}")
+                             f"missing keys {_some(missing)}, unexpected keys "
+                             f"{_some(unexpected)}, wrong shapes {_some(wrong_shape)}")
         self.load_state_dict({k: v for k, v in state_dict.items() if k in own}, strict=False)
 
     @classmethod
@@ -561,6 +561,13 @@ class BertPreTrainedModel(nn.Module):
         model.load_state_dict_strict(state, expected_missing=expected_missing,
                                      ignored_unexpected=ignored_unexpected)
         return model
+
+
+def _some(keys, shown=2):
+    """A key list for a one-line message: the first few and how many more."""
+    if len(keys) <= shown:
+        return "[" + ", ".join(keys) + "]"
+    return "[" + ", ".join(keys[:shown]) + f", ... {len(keys) - shown} more]"
 
 
 class BertModel(BertPreTrainedModel):
