@@ -118,11 +118,11 @@ def build_parser():
     p.add_argument("--teacher_from", default=None, metavar="WORK_DIR",
                    help="take the finished teacher and teacher outputs of another grid's work "
                         "folder (linked, not copied; made with this grid's teacher settings), "
-                        "e.g. for a study with new seeds")
+                        "for a study with new seeds, say")
     p.add_argument("--records_dir", default=None, metavar="DIR",
                    help="keep each finished stage's results, settings and logs (no weights) "
                         "in DIR, and restore the runs kept there into a new --work_dir: for a "
-                        "study over machines that lose their disks (e.g. DIR in git)")
+                        "study over machines that lose their disks (DIR in git, say)")
     p.add_argument("--jobs", type=int, default=1,
                    help="stages run at once (CPU: cores // jobs threads each; several GPUs: "
                         "one per process)")

@@ -44,15 +44,14 @@ from speed.report import evaluate_targets, fmt, print_report  # noqa: E402
 from speed.scripts import bench_scripts, print_scripts  # noqa: E402
 from speed.workloads import DEFAULT_GLUE, load_mrpc_dev, minilm_dir  # noqa: E402
 from utils.allocator import keep_freed_memory  # noqa: E402
-from utils.args import Parser, add_compile_arg  # noqa: E402
+from utils.args import Parser, RawHelpFormatter, add_compile_arg  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 AMPS = ("fp32", "bf16", "fp16")
 
 
 def build_parser():
-    p = Parser(description=__doc__.split("\n\n")[0],
-               formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__.split("\n\n")[0], formatter_class=RawHelpFormatter)
     p.add_argument("--quick", action="store_true",
                    help="tiny models, one or two batches, two repeats: checks the code paths")
     p.add_argument("--force", action="store_true", help="run even when the machine is busy")

@@ -24,9 +24,22 @@ def test_the_scripts_are_found():
             "data/data_raw/download_pretrained_bert"} <= set(SCRIPTS)
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
+BENCH = SRC.parent / "bench"
+
+
+def bench_parser(name):
+    """The parser of bench/<name>.py (the benchmark and the grid)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(f"cli_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.build_parser()
+
+
+@pytest.mark.parametrize("script", SCRIPTS + ["bench/reproduce", "bench/throughput"])
 def test_every_flag_has_help_and_a_default_and_no_outside_citation(script, capsys):
-    parser = load_script(script).build_parser()
+    parser = (bench_parser(script.split("/")[1]) if script.startswith("bench/")
+              else load_script(script).build_parser())
     for action in parser._actions:
         if isinstance(action, argparse._HelpAction):
             continue
@@ -89,3 +102,42 @@ def test_scripts_end_with_what_they_did_and_where(tiny, mrpc_teacher, tmp_path, 
     done, where = summary(capsys)
     assert done.startswith(f"done: exported {out}") and "(BERT.*_loss.pkl" in done
     assert where == f"export folder: {(tmp_path / 'export').resolve()}"
+
+
+def test_every_example_in_a_help_text_works():
+    """Each `e.g. VALUE` of every script's, the grid's and the benchmark's --help is accepted
+    where it applies (the grid's pass-through examples: tests/test_trial.py). A new example
+    fails here until it is given its check below."""
+    import re
+
+    from BERT.pytorch_pretrained_bert import load_config  # noqa: F401 (src on the path)
+    from utils.args import task_output_dir
+    from utils.checkpoints import checkpoint_path
+    from utils.losses import resolve_fc_layer_idx
+    from utils.modeling import second_pass_layers, student_layer_map
+
+    sys.path.insert(0, str(BENCH))
+    from grid.plan import parse_seeds
+
+    checks = {
+        ("--layer_initialization", "1,5,9"): lambda v: student_layer_map(3, 12, v) == [0, 4, 8],
+        ("--fc_layer_idx", "3,7"): lambda v: resolve_fc_layer_idx(v, 3, 12) == [3, 7],
+        ("--sps_layers", "4,5,6"): lambda v: second_pass_layers(v, 6) == [3, 4, 5],
+        ("--seeds", "1,2,3,4,5"): lambda v: parse_seeds(v) == ["1", "2", "3", "4", "5"],
+        # the file PTP.py writes into the README's run-1
+        ("--load_model_dir", "run-1/PTP.encoder_loss.pkl"): lambda v: task_output_dir(
+            "MRPC", v) == checkpoint_path(task_output_dir("MRPC", "run-1"), "PTP", "encoder",
+                                          "loss"),
+    }
+    parsers = [load_script(s).build_parser() for s in SCRIPTS] + \
+        [bench_parser(n) for n in ("reproduce", "throughput")]
+    found = set()
+    for parser in parsers:
+        for action in parser._actions:
+            for value in re.findall(r"e\.g\. ([^\s;,)]+(?:,[^\s;,)]+)*)", action.help or ""):
+                if value.startswith("--"):
+                    continue  # a pass-through flag's example
+                found.add((action.option_strings[0], value))
+    assert found == set(checks), found ^ set(checks)
+    for key, check in checks.items():
+        assert check(key[1]), key

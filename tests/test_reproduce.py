@@ -504,31 +504,6 @@ def test_ctrl_c_stops_the_grid_with_a_line_and_exit_130(cola_grid, monkeypatch, 
     assert "the same command resumes them" in capsys.readouterr().err
 
 
-def test_stage_start_times_both_launchers_in_pairs(tmp_path, capsys):
-    """bench/stage_start.py on a tiny MRPC stage: every pair has a forked and a new-interpreter
-    run with consistent timings, and its json holds the paired differences."""
-    spec = importlib.util.spec_from_file_location("stage_start", ROOT / "bench" / "stage_start.py")
-    stage_start = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(stage_start)
-    glue = make_glue(tmp_path / "glue", tasks=("MRPC",))
-    bert = make_tiny_bert(tmp_path / "bert", glue)
-    out = tmp_path / "stage_start.json"
-    argv = ["--bert_model", str(bert), "--glue_dir", str(glue), "--student_hidden_layers", "2",
-            "--max_steps", "1", "--out", str(out), "--", "--no_cuda", "--max_seq_length", "24"]
-    with pytest.raises(SystemExit, match="--pairs 1"):
-        stage_start.main(argv[:-4] + ["--pairs", "1"])
-    stage_start.main(["--pairs", "2"] + argv)
-    saved = json.loads(out.read_text())
-    for name in ("forked", "new interpreter"):
-        assert len(saved["runs"][name]) == 2
-        for run in saved["runs"][name]:
-            assert run["train"] > 0 and run["eval"] > 0
-            assert run["start_up"] == pytest.approx(run["wall"] - run["train"] - run["eval"])
-    assert {k: v["pairs"] for k, v in saved["new_minus_forked"].items()} == {
-        "wall": 2, "train": 2, "start_up": 2}
-    assert "wall, new interpreter - forked" in capsys.readouterr().out
-
-
 def test_a_grid_under_train_slice_selection_reports_both_scores(tmp_path):
     """authors_exact on tiny MRPC, two seeds, --select train_slice: every run chose on the slice
     and scored dev there; results.md says so, tables the claims on those scores and, apart, on

@@ -192,36 +192,6 @@ def test_packing_takes_batches_with_enough_padding_and_keeps_the_output_shapes()
     assert all(h.shape == (2, 6, 32) for h in out.encoded_layers)
 
 
-@pytest.mark.parametrize("train", [True, False])
-def test_packing_bench_times_padded_and_packed_in_alternating_rounds(monkeypatch, train):
-    """bench/packing.py: a warm-up batch each, then rounds that alternate which goes first, so
-    neither side always runs on a warmer machine; the ratio is padded / packed."""
-    bench = _load_bench("packing")
-    torch.manual_seed(3)
-    model = build_classifier(BertConfig(**TINY), 2, "Original")
-    features = tiny_features(seed=3)
-    batches = train_batches(len(features), 8, torch.Generator().manual_seed(0))[:2]
-    real, calls = bench.seconds_per_step, []
-
-    def spy(model_, features_, batches_, opt, min_padding):
-        calls.append((min_padding, len(batches_), opt is None, model_.training))
-        real(model_, features_, batches_, opt, min_padding)  # the real step runs too
-        # padded takes twice packed's time, times a drift that grows with each call
-        return {None: 2.0, 0.0: 1.0}[min_padding] * (1 + 0.01 * len(calls))
-
-    monkeypatch.setattr(bench, "seconds_per_step", spy)
-    with packing(modeling.PACK_MIN_PADDING):  # the bench sets the module's threshold
-        r = bench.measure_setting(model, features, batches, train, reps=3)
-    assert [c[0] for c in calls] == [None, 0.0, None, 0.0, 0.0, None, None, 0.0]
-    assert [c[1] for c in calls] == [1, 1, 2, 2, 2, 2, 2, 2]
-    assert all(c[2] is (not train) and c[3] is train for c in calls)
-    assert 1.9 < r["ratio"] < 2.1 and r["low"] > 1 and r["verdict"] == "faster"
-    assert r["padded_s"] == pytest.approx(2 * 1.06) and r["packed_s"] == pytest.approx(1.05)
-    assert len(r["rounds"]) == 3
-    with pytest.raises(SystemExit, match="--reps 2"):
-        bench.main(["--reps", "2"])
-
-
 @pytest.mark.parametrize("model_type", ["Original", "SPS"])
 @pytest.mark.parametrize("multiple", [8, 16])
 def test_padding_to_a_multiple_gives_the_same_logits(model_type, multiple):
@@ -790,42 +760,6 @@ def test_benchmark_scripts_command_runs_the_users_path(tiny):
     assert fig["other_seconds"] == 5.0 and fig["other_share"] == 0.5 and fig["dev_acc"] == 0.75
 
 
-@pytest.mark.parametrize("amp", ["fp32", "bf16"])
-def test_profile_step_reports_mfu_and_linear_share(capsys, amp):
-    module = _load_bench("profile_step")
-    module.main(["--layers", "1", "--hidden", "64", "--batch", "2", "--steps", "1",
-                 "--warmup", "1", "--peak_size", "256", "--rows", "3", "--amp", amp])
-    out = capsys.readouterr().out
-    assert out.startswith(f"{amp} step; Linear path: ")
-    assert "= MFU " in out and "Linear layers inside the step:" in out
-    assert "the same Linear GEMM shapes alone:" in out
-    assert "page faults per step: plain [" in out and "(the 1 fewest kept)" in out
-
-
-def test_dropout_mask_bench_times_every_way_for_both_precisions(capsys):
-    module = _load_bench("dropout_mask")
-    module.main(["--shape", "4", "8", "--reps", "2"])
-    rows = capsys.readouterr().out.splitlines()[1:]
-    assert len(rows) == 10 and {row.split()[0] for row in rows} == {"fp32", "bf16"}
-    assert all(float(row.split()[-1]) >= 0 for row in rows)
-
-
-def test_profile_steps_keeps_the_tries_with_fewest_page_faults():
-    """A profiled step the profiler disturbed (page faults plain steps do not take) is left out
-    of the table: here the tries that run sin report faults, those that run cos none."""
-    module = _load_bench("profile_step")
-    x, ops, faults = torch.ones(8), [torch.sin, torch.cos] * 3, iter([0, 500, 0, 0] * 3)
-
-    class Stepper:
-        def train_step(self, batch):
-            ops.pop(0)(x)
-
-    with mock.patch.object(module, "page_faults", lambda: next(faults)):
-        totals, tried = module.profile_steps(Stepper(), None, steps=3, tries=6)
-    assert tried == [500, 0] * 3
-    assert totals["aten::cos"][1] == 3 and "aten::sin" not in totals
-
-
 def test_compile_mode_reaches_torch_compile_and_graph_steps_only_on_cuda(tiny, tmp_path):
     """--compile MODE is torch.compile's mode in the scripts and the benchmark; transformers
     stays eager there. CUDA graphs are not run on the CPU (torch.compile itself is stubbed: this
@@ -921,44 +855,6 @@ def test_bench_ratio_targets_decide_from_paired_repeats(capsys):
     assert lines[0].split()[:2] == ["PASS", "f"] and "[1.0" in lines[0]
     assert lines[1].startswith("  not decided s ")
     assert lines[2].split()[:3] == ["PASS", "2", "1.200"]
-
-
-@pytest.mark.parametrize("amp", ["fp32", "bf16"])
-def test_paired_ratio_script_times_both_models_in_pairs(fresh_choice, tmp_path, capsys, amp):
-    pytest.importorskip("transformers")
-    bench = _load_bench("paired_ratio")
-    out = tmp_path / "ratio.json"
-    result = bench.main(["--mode", "train", "--config", "sps3", "--quick", "--reps", "3",
-                         "--batch", "2", "--threads", str(torch.get_num_threads()),
-                         "--amp", amp, "--out", str(out)])
-    assert (result["layers"], result["hidden"], result["amp"]) == (2, 128, amp)
-    assert len(result["ours_seconds"]) == len(result["theirs_seconds"]) == 3
-    assert result["min"] <= result["ratio"] <= result["max"]
-    assert result["verdict"] in ("faster", "slower", "not decided")
-    assert json.loads(out.read_text())["ratio"] == pytest.approx(result["ratio"])
-    assert "ours/transformers samples/s" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="--reps 2"):
-        bench.main(["--reps", "2"])
-    with pytest.raises(SystemExit, match="--batch 0"):
-        bench.main(["--batch", "0"])
-
-
-@pytest.mark.parametrize("mode", ["train", "infer"])
-def test_paired_ratio_infers_in_eval_mode_and_trains_with_dropout(fresh_choice, monkeypatch, mode):
-    pytest.importorskip("transformers")
-    bench = _load_bench("paired_ratio")
-    seen = set()
-
-    def spy(impl, mode_, batches, clock, *rest, **kw):
-        seen.add((type(impl).__name__, impl.model.training))
-        return 1.0
-
-    monkeypatch.setattr(bench, "run_one", spy)
-    result = bench.main(["--mode", mode, "--config", "student3", "--quick", "--reps", "3",
-                         "--batch", "2", "--threads", str(torch.get_num_threads())])
-    assert result["dropout"] is (mode == "train")
-    assert seen == {("Ours", mode == "train"), ("Theirs", mode == "train")}
-
 
 
 # A child process: 64 MiB blocks (above glibc's 32 MiB mmap bound) allocated, touched and freed

