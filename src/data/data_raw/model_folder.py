@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from BERT.pytorch_pretrained_bert import BertModel  # noqa: E402
 from utils.errors import PeakdError  # noqa: E402
 from utils.modeling import load_pretrained_encoder, load_tokenizer, read_config  # noqa: E402
+from utils.summary import print_summary  # noqa: E402
 from BERT.pytorch_pretrained_bert.modeling import CONFIG_NAMES, find_model_file  # noqa: E402
 
 
@@ -73,3 +74,23 @@ def install_folder(output_dir, name, fill):
         # Also runs on Ctrl-C, so an interrupted download leaves no partial files.
         shutil.rmtree(work, ignore_errors=True)
     return final
+
+
+def run_install(name, output_dir, install, done, verb="downloading"):
+    """A downloader's end: refuses an --output_dir that is a file, runs install() (which writes
+    output_dir/<name> through install_folder), and turns Ctrl-C and a FetchError into one
+    `error:` line and exit 130 / 1; otherwise prints `done` and the model folder."""
+    if output_dir.exists() and not output_dir.is_dir():
+        print(f"error: --output_dir {output_dir} is a file, expected a folder; choose another "
+              "path", file=sys.stderr)
+        sys.exit(1)
+    try:
+        install()
+    except KeyboardInterrupt:
+        print(f"error: interrupted while {verb} {name}; nothing of it was kept: rerun the "
+              "same command", file=sys.stderr)
+        sys.exit(130)
+    except FetchError as exc:
+        print(f"error: model {name}: {exc}", file=sys.stderr)
+        sys.exit(1)
+    print_summary([done, f"model folder: {(output_dir / name).resolve()}"])
