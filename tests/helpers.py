@@ -179,3 +179,18 @@ def expect_error(main, argv, capsys, needles=(), watched=(), code=1):
         assert str(needle) in lines[0], (needle, lines[0])
     assert [tree_digest(folder) for folder in watched] == before
     return lines[0]
+
+
+def interrupt_at(monkeypatch, step):
+    """Ctrl-C as optimizer step `step` (1-based) starts; returns the real optimizer_step."""
+    from utils.train import _TrainingRun
+
+    original = _TrainingRun.optimizer_step
+
+    def optimizer_step(self, *args):
+        if self.pos.step + 1 == step:
+            raise KeyboardInterrupt
+        original(self, *args)
+
+    monkeypatch.setattr(_TrainingRun, "optimizer_step", optimizer_step)
+    return original

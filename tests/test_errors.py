@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import envs
-from helpers import expect_error, load_script, train_args
+from helpers import expect_error, interrupt_at, load_script, train_args
 from utils.train import _TrainingRun
 
 SCRIPTS = {name: load_script(name) for name in
@@ -549,19 +549,6 @@ def test_suspicious_value_warns(name, case, capsys):
 
 
 # --- interruption: Ctrl-C is one line, exit 130, and says how to go on -----------------------
-
-def interrupt_at(monkeypatch, step):
-    """Ctrl-C as optimizer step `step` (1-based) starts."""
-    original = _TrainingRun.optimizer_step
-
-    def optimizer_step(self, *args):
-        if self.pos.step + 1 == step:
-            raise KeyboardInterrupt
-        original(self, *args)
-
-    monkeypatch.setattr(_TrainingRun, "optimizer_step", optimizer_step)
-    return original
-
 
 def expect_interrupted(main, argv, capsys, needles):
     """Exit 130 and, after the progress bar (closed, so the line starts on its own), one

@@ -17,7 +17,8 @@ import pytest
 import torch
 
 import envs
-from helpers import expect_error, load_script, make_glue, make_tiny_bert, train_args, tree_digest
+from helpers import (expect_error, interrupt_at, load_script, make_glue, make_tiny_bert,
+                     train_args, tree_digest)
 from utils import locks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,20 +95,11 @@ def test_an_overwrite_interrupted_mid_training_leaves_a_new_run_marked_unfinishe
         tiny, tmp_path, capsys, monkeypatch):
     """After the new run has started, the old run's files are gone: the folder never holds the
     old results beside the new settings, and the printed resume command works."""
-    from utils.train import _TrainingRun
-
     out = tmp_path / "run"
     base = train_args("MRPC", tiny.data, tiny.bert, out, *STUDENT, "--max_steps", 4,
                       "--eval_steps", 1)
     FINETUNE.main(base)
-    original = _TrainingRun.optimizer_step
-
-    def interrupted(self, *args):
-        if self.pos.step == 2:
-            raise KeyboardInterrupt
-        original(self, *args)
-
-    monkeypatch.setattr(_TrainingRun, "optimizer_step", interrupted)
+    interrupt_at(monkeypatch, 3)
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
         FINETUNE.main(base + ["--overwrite_output_dir", "--train_seed", "7"])
@@ -124,19 +116,10 @@ def test_an_overwrite_interrupted_mid_training_leaves_a_new_run_marked_unfinishe
 
 def test_a_rerun_never_discards_an_interrupted_run_without_being_told(tiny, tmp_path, capsys,
                                                                      monkeypatch):
-    from utils.train import _TrainingRun
-
     out = tmp_path / "run"
     argv = train_args("MRPC", tiny.data, tiny.bert, out, *STUDENT, "--max_steps", 4,
                       "--eval_steps", 1)
-    original = _TrainingRun.optimizer_step
-
-    def interrupted(self, *args):
-        if self.pos.step == 2:
-            raise KeyboardInterrupt
-        original(self, *args)
-
-    monkeypatch.setattr(_TrainingRun, "optimizer_step", interrupted)
+    interrupt_at(monkeypatch, 3)
     with pytest.raises(SystemExit):
         FINETUNE.main(argv)
     monkeypatch.undo()
