@@ -116,11 +116,14 @@ def check_data_dir(data_dir, task):
 
 
 def teacher_file(args, task, need_patient):
-    """The --teacher_prediction path (relative to the task's output folder) or the default."""
+    """The --teacher_prediction path (relative to the task's output folder) or the default,
+    which is then written into args (so args.json names the file the run read)."""
     if args.teacher_prediction:
         return check_file(task_output_dir(task.name, args.teacher_prediction),
                           "--teacher_prediction", "pass the file save_teacher_outputs.py wrote")
-    return teacher_outputs.find_default(task.name, need_patient)
+    path = teacher_outputs.find_default(task.name, need_patient)
+    args.teacher_prediction = str(path)
+    return path
 
 
 def load_teacher(args, task, data, need_patient, splits=("train",)):

@@ -304,7 +304,9 @@ def main(argv=None):
                    + (f"; failed: {', '.join(failed)}" if failed else ""),
                    f"data folder: {data_dir.resolve()}"])
     if failed:
-        print(f"error: {len(failed)} of {len(tasks)} tasks failed: {', '.join(failed)}", file=sys.stderr)
+        print(f"error: {len(failed)} of {len(tasks)} tasks failed: {', '.join(failed)}; without "
+              "the internet, pass the scripts --data_dir <a folder holding <TASK>/train.tsv>",
+              file=sys.stderr)
         sys.exit(1)
 
 
