@@ -605,3 +605,28 @@ def test_sigterm_stops_the_grid_and_its_stages(tmp_path):
     time.sleep(0.5)
     left = subprocess.run(["pgrep", "-f", str(work / "teacher")], capture_output=True, text=True)
     assert left.stdout.strip() == ""
+
+
+def test_the_runner_starts_the_longest_chain_first_across_seeds(tmp_path):
+    """A ready stage's priority is its layer-epochs plus its costliest chain of dependants: with
+    every seed ready, the SPS PTP chains (4 x 6 + 7 x 6) of all seeds start before any plain
+    student (7 x 3), so no long chain is started last."""
+    reproduce = load_reproduce()
+    from grid.run import chain_priority, stage_cost
+
+    _, stages = reproduce.grid_plan.plan_grid(reproduce.build_parser().parse_args(
+        ["--task", "MRPC", "--bert_model", "b", "--data_dir", "d", "--work_dir", "w",
+         "--variants", "ft,sps_pkd,ptp_sps_pkd", "--seeds", "1,2", "--teacher_epochs", "3",
+         "--epochs", "7", "--ptp_epochs", "4", "--lr", "2e-5", "--ptp_lr", "2e-5",
+         "--teacher_lr", "2e-5", "--teacher_seed", "42", "--train_batch_size", "32",
+         "--ptp_thresholds", "median"]), tmp_path, depth=6)
+    priority = chain_priority(stages)
+    by_label = {s.label: s for s in stages}
+    assert stage_cost(by_label["ptp_SPS_seed2"]) == 4 * 6 and priority["ptp_SPS_seed2"] == 66
+    assert stage_cost(by_label["ft_seed1"]) == 21 and priority["ft_seed1"] == 21
+    seeds = [s for s in stages if s.seed]
+    order = sorted(seeds, key=lambda s: -priority[s.label])  # stable: plan order between equals
+    assert [s.label for s in order] == ["ptp_SPS_seed1", "ptp_SPS_seed2", "ptp_sps_pkd_seed1",
+                                        "sps_pkd_seed1", "ptp_sps_pkd_seed2", "sps_pkd_seed2",
+                                        "ft_seed1", "ft_seed2"]
+    assert priority["teacher"] > priority["teacher_outputs"] > priority["ptp_SPS_seed1"]

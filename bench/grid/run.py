@@ -72,9 +72,33 @@ def start(stage, env, logs, forkserver=True):
     return launch(SRC / stage.script, [*stage.argv, *resume], env, log, forkserver), log
 
 
+def stage_cost(stage):
+    """A stage's work in layer-epochs: epochs x effective layers (an SPS student runs its layers
+    twice); 1 for a stage that does not train (the teacher outputs)."""
+    flags = dict(zip(stage.argv, stage.argv[1:]))
+    if "--num_train_epochs" not in flags:
+        return 1.0
+    layers = float(flags.get("--student_hidden_layers", 1))
+    if flags.get("--model_type", "Original").startswith("SPS"):
+        layers *= 2
+    return float(flags["--num_train_epochs"]) * layers
+
+
+def chain_priority(stages):
+    """{label: the cost of the stage and of its costliest chain of dependants}: the runner
+    starts the ready stage with the most work behind it first (longest chain first), across
+    seeds, so the grid's last stage to finish is not a long chain started late."""
+    priority = {}
+    for stage in reversed(stages):  # plan order puts a stage before the stages that need it
+        after = [priority[s.label] for s in stages if stage.label in s.needs]
+        priority[stage.label] = stage_cost(stage) + max(after, default=0.0)
+    return priority
+
+
 def run_stages(stages, work, logs, jobs=1, env_extra=None, on_done=None, forkserver=True):
-    """Runs every stage whose results file is missing, in plan order as far as `needs` and
-    `jobs` allow; prints [run i/n] / [done i/n] / [skip i/n]. A failed stage stops new
+    """Runs every stage whose results file is missing, the ready one with the longest chain
+    behind it first (chain_priority; plan order between equals), as far as `needs` and `jobs`
+    allow; prints [run i/n] / [done i/n] / [skip i/n]. A failed stage stops new
     starts; the running ones finish, then GridError names the failed stage's log.
     on_done(stage) is called in the parent for each stage finished here; forkserver: see
     utils.launch.launch."""
@@ -94,13 +118,15 @@ def run_stages(stages, work, logs, jobs=1, env_extra=None, on_done=None, forkser
             skip(stage)
         else:
             pending.append(stage)
+    priority = chain_priority(stages)
     running, free, failures = {}, list(range(jobs)), []
     gpus = gpu_ids() if jobs > 1 else []
     envs = [{**slot_env(slot, jobs, gpus=gpus), **env_extra} for slot in range(jobs)]
     try:
         while pending or running:
             while free and not failures:
-                ready = next((s for s in pending if set(s.needs) <= finished), None)
+                ready = max((s for s in pending if set(s.needs) <= finished),
+                            key=lambda s: priority[s.label], default=None)
                 if ready is None:
                     break
                 pending.remove(ready)
