@@ -982,3 +982,11 @@ def test_the_training_loop_reads_no_device_value_per_step(tiny, tmp_path, monkey
                                  kind, "--teacher_prediction", file, "--max_steps", 6,
                                  "--logging_steps", 3, "--student_hidden_layers", 2))
     assert reads == []
+
+
+def test_the_mfu_bar_is_per_config_on_a_gpu_and_0_8_on_the_cpu():
+    _load_bench()
+    from speed.report import CUDA_MFU_TARGETS, TARGETS, mfu_target
+    assert mfu_target("student3", gpu=True) == CUDA_MFU_TARGETS["student3"] == 0.10
+    assert mfu_target("base", gpu=True) is None  # not measured compiled: printed, not judged
+    assert mfu_target("base", gpu=False) == TARGETS["mfu"] == 0.8
