@@ -940,47 +940,55 @@ def test_bucket_length():
     assert bucket_length(600, 512, COMPILE_BUCKETS) == 512
 
 
-def test_the_training_loop_reads_no_device_value_per_step(tiny, tmp_path, monkeypatch):
-    """A GPU step that reads a tensor's value (item, float, bool, tolist) makes the host wait.
-    Counted here on the CPU: reads made from the loop, the objectives, the losses and BertAdam
-    (not the host-side batching, nor the CPU-only padding checks in modeling.py, which a GPU
-    skips) while training steps run. The running loss is read once per logging interval, by
-    log_loss; nothing else reads per step, for plain, KD and PKD training alike."""
+def test_the_training_loop_reads_no_device_value_per_step(tiny, mrpc_teacher, tmp_path,
+                                                         monkeypatch):
+    """A GPU step that reads a tensor's value (item, float, bool, tolist) or makes a tensor whose
+    shape depends on values (nonzero, masked_select, `x[bool_mask]`, unique) makes the host wait.
+    Counted here on the CPU, at the aten level: such ops whose innermost frame of ours is the
+    loop, the objectives, the losses or BertAdam (not the host-side batching, nor modeling.py's
+    packing, a CPU-only path a GPU skips) while training steps run. The running loss is read once
+    per logging interval, by log_loss; nothing else syncs per step, for plain, KD, PKD and every
+    method with its teacher alongside."""
     import traceback
+
+    from torch.utils._python_dispatch import TorchDispatchMode
 
     from helpers import load_script, train_args
 
     watched = ("utils/train.py", "utils/distill.py", "utils/losses.py",
                "pytorch_pretrained_bert/optimization.py", "utils/checkpoints.py")
+    syncing = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2",
+               "unique_consecutive", "repeat_interleave"}
     reads = []
 
-    def counting(name):
-        real = getattr(torch.Tensor, name)
+    class Syncs(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.overloadpacket.__name__
+            bool_index = name == "index" and any(
+                isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1] or ())
+            if name in syncing or bool_index:
+                frames = [f for f in traceback.extract_stack()[:-1] if "/src/" in f.filename]
+                if frames and frames[-1].filename.endswith(watched):
+                    in_step = any(f.name in ("micro_step", "optimizer_step") for f in frames)
+                    logging = any(f.name in ("log_loss", "evaluate_dev", "save_state")
+                                  for f in frames)
+                    if in_step and not logging:
+                        where = frames[-1].filename.split("/src/")[1]
+                        reads.append(f"{name} at {where}:{frames[-1].lineno}")
+            return func(*args, **(kwargs or {}))
 
-        def read(self, *a, **k):
-            frames = [f for f in traceback.extract_stack()[:-1] if "/src/" in f.filename]
-            if frames and frames[-1].filename.endswith(watched):
-                in_step = any(f.name in ("micro_step", "optimizer_step") for f in frames)
-                logging = any(f.name in ("log_loss", "evaluate_dev", "save_state")
-                              for f in frames)
-                if in_step and not logging:
-                    reads.append(f"{frames[-1].filename.split('/src/')[1]}:{frames[-1].lineno}")
-            return real(self, *a, **k)
-        monkeypatch.setattr(torch.Tensor, name, read)
-
-    for name in ("item", "__float__", "__bool__", "tolist", "__int__"):
-        counting(name)
     finetune = load_script("finetune")
-    teacher = tmp_path / "teacher"
-    finetune.main(train_args("MRPC", tiny.data, tiny.bert, teacher, "--max_steps", 6,
-                             "--logging_steps", 3, "--student_hidden_layers", 4))
-    save = load_script("save_teacher_outputs")
-    file = save.main(["--task", "MRPC", "--data_dir", str(tiny.data), "--teacher_dir",
-                      str(teacher), "--output_dir", str(tmp_path), "--no_cuda"])
-    for kind in ("kd", "pkd"):
-        finetune.main(train_args("MRPC", tiny.data, tiny.bert, tmp_path / kind, "--train_type",
-                                 kind, "--teacher_prediction", file, "--max_steps", 6,
+    runs = [("kd", "--teacher_prediction", mrpc_teacher.file),
+            ("pkd", "--teacher_prediction", mrpc_teacher.file)]
+    runs += [(kind, "--teacher_dir", mrpc_teacher.run)
+             for kind in ("tinybert_layer", "minilm_layer", "ckd", "distil_cos")]
+    with Syncs():
+        finetune.main(train_args("MRPC", tiny.data, tiny.bert, tmp_path / "ft", "--max_steps", 6,
                                  "--logging_steps", 3, "--student_hidden_layers", 2))
+        for kind, flag, value in runs:
+            finetune.main(train_args("MRPC", tiny.data, tiny.bert, tmp_path / kind, "--train_type",
+                                     kind, flag, value, "--max_steps", 6, "--logging_steps", 3,
+                                     "--student_hidden_layers", 2))
     assert reads == []
 
 

@@ -256,9 +256,13 @@ def tinybert_hidden_loss(student_hidden: torch.Tensor, teacher_hidden: torch.Ten
     W, b: `fit` (TinyBERT's learned `fit_dense`, H_s -> H_T, trained with the student); N: the
     real tokens of the batch (TinyBERT averages over every position of its 128-padded batch).
     Args: student_hidden (B, S, H_s); teacher_hidden (B, S, H_T); mask (B, S).
+    Padding is masked, not indexed out: `x[mask]` has a data-dependent shape, which makes a GPU
+    wait for the host on every step.
     """
-    real = mask.bool()
-    return F.mse_loss(fit(student_hidden[real].float()), teacher_hidden[real].float())
+    pad = ~mask.bool()[..., None]  # (B, S, 1)
+    diff = fit(student_hidden.float().masked_fill(pad, 0.0)) - teacher_hidden.float()
+    diff = diff.masked_fill(pad, 0.0)  # (B, S, H_T), zero at padding
+    return diff.pow(2).sum() / (mask.sum() * diff.shape[-1])
 
 
 def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
@@ -358,14 +362,15 @@ def ckd_layer_relation_loss(student_layers: Sequence[torch.Tensor],
         P_tl = softmax over m != l of cos(h_tl, h_tm)
 
     N: the real tokens of the batch.
-    Args: as ckd_word_relation_loss (L >= 2).
+    Args: as ckd_word_relation_loss (L >= 2). Every position is computed and padding's rows left
+    out by the mask (no `x[mask]`, whose data-dependent shape makes a GPU wait each step).
     """
-    real = mask.bool()
-    s = torch.stack([x[real] for x in student_layers], dim=1)  # (N, L, H_s)
-    t = torch.stack([x[real] for x in teacher_layers], dim=1)  # (N, L, H_T)
-    n_layers = s.shape[1]
-    valid = ~torch.eye(n_layers, dtype=torch.bool, device=s.device).expand(s.shape[0], -1, -1)
-    return _relation_kl(_cosine_matrix(s), _cosine_matrix(t), valid) / (s.shape[0] * n_layers ** 2)
+    s = torch.stack(list(student_layers), dim=2)  # (B, S, L, H_s)
+    t = torch.stack(list(teacher_layers), dim=2)  # (B, S, L, H_T)
+    n_layers = s.shape[2]
+    off_diagonal = ~torch.eye(n_layers, dtype=torch.bool, device=s.device)
+    valid = mask.bool()[:, :, None, None] & off_diagonal  # (B, S, L, L)
+    return _relation_kl(_cosine_matrix(s), _cosine_matrix(t), valid) / (mask.sum() * n_layers ** 2)
 
 
 def cosine_hidden_loss(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor,
@@ -375,11 +380,14 @@ def cosine_hidden_loss(student_hidden: torch.Tensor, teacher_hidden: torch.Tenso
 
         loss = (1 / N) sum_{real t} (1 - cos(s_t, t_t))
 
-    Args: student_hidden, teacher_hidden: (B, S, H), the same H; mask (B, S).
+    Args: student_hidden, teacher_hidden: (B, S, H), the same H; mask (B, S). Padding is
+    masked, not indexed out (see tinybert_hidden_loss).
     """
     real = mask.bool()
-    return (1 - F.cosine_similarity(student_hidden[real].float(),
-                                    teacher_hidden[real].float(), dim=-1)).mean()
+    pad = ~real[..., None]
+    cos = F.cosine_similarity(student_hidden.float().masked_fill(pad, 0.0),
+                              teacher_hidden.float().masked_fill(pad, 0.0), dim=-1)  # (B, S)
+    return (1 - cos).masked_fill(~real, 0.0).sum() / real.sum()
 
 
 def skip_layer_map(student_layers: int, teacher_layers: int) -> tuple[list[int], list[int]]:
