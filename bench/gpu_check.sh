@@ -9,6 +9,10 @@
 #
 #     PARTS="A E G" bash bench/gpu_check.sh            # then: PARTS="H C D" bash bench/gpu_check.sh
 #
+# (2026-12-04 on an H200: "A E G H" took 537 s, H cut at its share, and "C" 128 s more on the
+# warm machine; a session's 900 s of device time holds two such runs. The open questions then
+# were G's cached stage and H with MPS=1: PARTS="G H" MPS=1 first.)
+#
 # Results under $OUT: gpu_check.log (everything printed), env.txt, and per part:
 #   A  scripts.json: finetune.py on MRPC/MiniLM, 3 epochs, batch 32, fp32, bf16 and fp16, each in a
 #      fresh process (bench/throughput.py's scripts workload): train and dev-inference samples/s,
@@ -19,10 +23,12 @@
 #      step; model.to and a checkpoint's save sync once per tensor, once).
 #   G  compile.json: finetune.py MRPC MiniLM 3 epochs --bf16 --compile reduce-overhead (bucketed
 #      lengths, on-disk cache, warm-up reported) against A's fp32 eager, and a 3-layer student at
-#      the authors' 7 epochs compiled against eager (item 1: faster than fp32 eager warm-up
-#      included; >= 1.5x eager at 7 epochs).
+#      the authors' 7 epochs compiled against eager, then compiled again from the on-disk cache
+#      (a grid's later stages) (item 1: faster than fp32 eager warm-up included; >= 1.5x eager
+#      at 7 epochs).
 #   H  grid.json: a 5-seed MRPC grid, all 7 variants, authors_hparams, --jobs 8 on the one GPU
-#      (item 4: <= 120 s; GRID_ARGS adds flags, e.g. "--student_args=--bf16").
+#      (item 4: <= 120 s; GRID_ARGS adds flags, e.g. "--student_args=--bf16"; MPS=1 runs it
+#      through NVIDIA's MPS daemon where the machine has one). grid.json: wall seconds, stages done.
 #   C  configs.json: bench/throughput.py on CUDA (fp32, bf16, fp16; student3, sps3, base): ours /
 #      transformers, MFU per config against the measured bf16 peak (item 5).
 #   D  throughput_compile.json: C with --compile reduce-overhead, bf16, student3 (item 5's
@@ -130,7 +136,11 @@ part G_student_eager 90 "$PY" "${FT[@]}" --student_hidden_layers 3 --num_train_e
     "${MIX_BF16[@]}" --output_dir /tmp/gpu_check_g_eager
 part G_student_compiled 120 "$PY" "${FT[@]}" --student_hidden_layers 3 --num_train_epochs 7 \
     "${COMPILE[@]}" --output_dir /tmp/gpu_check_g_compiled
-"$PY" - "$OUT/compile.json" /tmp/gpu_check_g_teacher /tmp/gpu_check_g_eager /tmp/gpu_check_g_compiled <<'PY' >> "$LOG" 2>&1
+# the same student again: its shapes now come from the on-disk cache, as for a grid's later stages
+part G_student_cached 90 "$PY" "${FT[@]}" --student_hidden_layers 3 --num_train_epochs 7 \
+    "${COMPILE[@]}" --output_dir /tmp/gpu_check_g_cached
+"$PY" - "$OUT/compile.json" /tmp/gpu_check_g_teacher /tmp/gpu_check_g_eager /tmp/gpu_check_g_compiled \
+    /tmp/gpu_check_g_cached <<'PY' >> "$LOG" 2>&1
 import json, os, sys
 out = {}
 for run in sys.argv[2:]:
@@ -145,10 +155,20 @@ PY
 
 # H: the 5-seed grid on one GPU, timed (item 4)
 rm -rf /tmp/gpu_check_grid
+# MPS=1: the grid's processes share the GPU through NVIDIA's MPS daemon (kernels of several
+# processes run at once) instead of time-slicing it
+mps=false
+if [ "${MPS:-0}" = 1 ] && [ "${DRY:-0}" != 1 ] && command -v nvidia-cuda-mps-control > /dev/null; then
+    export CUDA_MPS_PIPE_DIRECTORY=/tmp/gpu_check_mps CUDA_MPS_LOG_DIRECTORY=/tmp/gpu_check_mps
+    mkdir -p /tmp/gpu_check_mps && nvidia-cuda-mps-control -d && mps=true
+fi
+[ "${MPS:-0}" = 1 ] && log "MPS for part H: $mps"
 GRID_START=$SECONDS
 part H_grid 330 "$PY" bench/reproduce.py --task MRPC --bert_model "$BERT" --data_dir "$DATA" \
     --work_dir /tmp/gpu_check_grid "${GRID_SIZE[@]}" --jobs 8 --no_plot ${GRID_ARGS:-}
-echo "{\"grid_wall_seconds\": $((SECONDS - GRID_START))}" > "$OUT/grid.json"
+done_stages=$(sed -n '/START H_grid/,$p' "$LOG" | grep -c '^\[done')
+echo "{\"grid_wall_seconds\": $((SECONDS - GRID_START)), \"stages_done\": $done_stages, \"mps\": $mps}" > "$OUT/grid.json"
+$mps && { echo quit | nvidia-cuda-mps-control; unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY; }
 cp /tmp/gpu_check_grid/results.md "$OUT/grid_results.md" 2>/dev/null
 
 # D: the same as C with torch.compile and CUDA graphs, bf16, while time is left
