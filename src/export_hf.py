@@ -1,4 +1,5 @@
-"""Exports a trained finetune.py / finetune_ER.py run as a standard transformers BERT folder.
+"""Exports a trained finetune.py / finetune_ER.py run as a standard transformers folder (BERT, or
+MPNet for a run of an MPNet model).
 
     python src/export_hf.py --run_dir src/data/outputs/KD/MRPC/run-1/final_results \
         --export_dir exported/mrpc-sps-3
@@ -6,8 +7,8 @@
         M.from_pretrained('exported/mrpc-sps-3')"
 
 An SPS student is written unrolled (2k plain layers, the Q/K swap baked into the second pass), so
-transformers' plain BertForSequenceClassification reproduces its logits. Details in
-utils/export.py.
+transformers' plain BertForSequenceClassification (MPNetForSequenceClassification) reproduces its
+logits. Details in utils/export.py.
 """
 
 from utils.args import new_parser

@@ -144,6 +144,52 @@ def test_the_pipeline_runs_on_an_mpnet_teacher(tiny_mpnet, tiny, tmp_path):
     assert results["effective_layers"] == 4 and results["best_acc"] is not None
 
 
+@pytest.mark.parametrize("model_type, depth", [("Original", 2), ("SPS", 4)])
+def test_an_mpnet_run_exports_to_transformers_with_our_logits(model_type, depth, tiny_mpnet,
+                                                               tiny, tmp_path):
+    """export_hf.py on an MPNet student: transformers' AutoModelForSequenceClassification loads
+    it as MPNetForSequenceClassification with no missing or unused weight, AutoTokenizer gives
+    our token ids, and the logits and every layer's real tokens agree (SPS unrolled). Query and
+    Key are scaled by 10 first, so that the swap changes the output (see test_export.py)."""
+    from utils.modeling import load_trained_run
+    from utils.pipeline import load_splits
+
+    run, export = tmp_path / "run", tmp_path / "export"
+    load_script("finetune").main(train_args("MRPC", tiny.data, tiny_mpnet, run, "--model_type",
+                                            model_type, "--student_hidden_layers", 2,
+                                            "--max_steps", 2))
+    for path in run.glob("BERT.encoder_*.pkl"):
+        state = torch.load(path, weights_only=True)
+        torch.save({k: v * 10 if ".attention.self.query." in k or ".attention.self.key." in k
+                    else v for k, v in state.items()}, path)
+    load_script("export_hf").main(["--run_dir", str(run), "--export_dir", str(export)])
+    theirs, info = transformers.AutoModelForSequenceClassification.from_pretrained(
+        export, output_loading_info=True)
+    assert type(theirs).__name__ == "MPNetForSequenceClassification"
+    assert not any(info.values()), info
+    assert theirs.config.num_hidden_layers == depth
+
+    ours, _, run_args, task = load_trained_run(run, "acc")
+    examples, features = load_splits(task, tiny.data, ("dev",), load_tokenizer(run),
+                                     run_args["max_seq_length"])["dev"]
+    tokenizer = transformers.AutoTokenizer.from_pretrained(export)
+    encoded = tokenizer([e.text_a for e in examples], [e.text_b for e in examples],
+                        truncation="longest_first", max_length=run_args["max_seq_length"],
+                        padding="max_length", return_tensors="pt")
+    # the same real tokens (our batches pad with 0, transformers' with <pad>; padding is masked)
+    real = encoded["attention_mask"].bool()
+    assert torch.equal(real.sum(1), features.lengths)
+    assert torch.equal(encoded["input_ids"][real], features.input_ids[real])
+    with torch.no_grad():
+        want = ours.eval()(features.input_ids, features.token_type_ids, real.long(),
+                           output_all_encoded_layers=True)
+        got = theirs.eval()(input_ids=encoded["input_ids"],
+                            attention_mask=encoded["attention_mask"], output_hidden_states=True)
+    assert (got.logits - want.logits).abs().max() < 1e-4
+    for mine, exported in zip(want.encoded_layers, got.hidden_states[1:], strict=True):
+        assert (exported - mine)[real].abs().max() < 1e-4
+
+
 def test_real_mpnet_matches_transformers_on_glue(mpnet_dir, shared_glue):
     """all-mpnet-base-v2 on 64 genuine MRPC dev pairs: every layer within 1e-4 of transformers
     in fp32, and the token ids of all 408 dev pairs identical to MPNetTokenizer's."""

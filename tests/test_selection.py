@@ -38,7 +38,7 @@ def test_the_slice_is_stratified_fixed_and_disjoint():
     assert len(held) == 10 and sorted((held // 5).tolist()) == list(range(10))
 
 
-def test_train_slice_chooses_and_dev_is_scored_beside_it(tiny, tmp_path):
+def test_train_slice_chooses_and_dev_is_scored_beside_it(tiny, tmp_path, capsys):
     out = tmp_path / "run"
     results = FINETUNE.main(train_args("MRPC", tiny.data, tiny.bert, out, "--select",
                                        "train_slice", "--max_steps", 4, "--eval_steps", 2,
@@ -57,6 +57,10 @@ def test_train_slice_chooses_and_dev_is_scored_beside_it(tiny, tmp_path):
     # the slice (4 of 16 examples) is not trained on: one epoch is 12 examples, 3 steps
     assert results["train_examples_seen"] == 12 and results["optimizer_steps"] == 3
     assert json.loads((out / "args.json").read_text())["select"] == "train_slice"
+    # the summary names the split that chose, then dev's score at that checkpoint
+    done = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("done:"))
+    assert f"; {SLICE} acc {results['best_acc']['acc']:.4f}" in done
+    assert f"; dev at it acc {chosen_dev['acc']:.4f}" in done
 
 
 def test_ptp_labels_the_slice_from_the_teachers_held_out_predictions(tiny, mrpc_teacher,

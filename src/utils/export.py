@@ -1,19 +1,23 @@
-"""A trained run as a standard transformers BERT folder (`BertForSequenceClassification`).
+"""A trained run as a standard transformers folder: `BertForSequenceClassification`, or
+`MPNetForSequenceClassification` for a run of the MPNet family.
 
-The folder holds `config.json`, `model.safetensors` (keys `bert.*` and `classifier.*`),
-`vocab.txt` and `tokenizer_config.json`, so `transformers.AutoModelForSequenceClassification`
-and `AutoTokenizer` load it with no PeaKD code. An SPS student is unrolled: its 2k effective
-layers become 2k plain layers in schedule order, and each copy that runs with Query and Key
-swapped gets the key Linear's weights as its query and the query's as its key. transformers' plain
-BERT then computes exactly what the SPS schedule does; the file is larger (2k layers' weights)
-but the model is the same.
+The folder holds `config.json`, `model.safetensors` (transformers' key names), `vocab.txt` and
+`tokenizer_config.json`, so `transformers.AutoModelForSequenceClassification` and
+`AutoTokenizer` load it with no PeaKD code. An SPS student is unrolled: its 2k effective layers
+become 2k plain layers in schedule order, and each copy that runs with Query and Key swapped gets
+the key Linear's weights as its query and the query's as its key. transformers' plain model then
+computes exactly what the SPS schedule does (MPNet's relative position bias is one table shared
+by every layer, unrolled or not); the file is larger (2k layers' weights) but the model is the
+same.
 """
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from BERT.pytorch_pretrained_bert import atomic_write, save_safetensors
+from BERT.pytorch_pretrained_bert.modeling import MPNET_NAMES
 
 from .checkpoints import write_json
 from .errors import PeakdError
@@ -26,6 +30,44 @@ EXPORT_FILES = ("config.json", "model.safetensors", "vocab.txt", "tokenizer_conf
 _QUERY, _KEY = "attention.self.query.", "attention.self.key."
 # id2label of a regression head (STS-B): one output, the similarity score
 REGRESSION_LABELS = ("score",)
+
+
+@dataclass(frozen=True)
+class HFLayout:
+    """Where transformers keeps a model family's weights, by our (BERT) key names."""
+    architecture: str
+    tokenizer_class: str
+    encoder_prefix: str  # transformers' prefix for our `bert.` keys
+    renames: tuple = ()  # (ours, theirs) parts of encoder key names
+    head: tuple = ()  # (ours, theirs) key prefixes of the classifier head; the first match wins
+
+
+# config.json's model_type -> transformers' layout. MPNet's classification head is dense + tanh
+# on the first token, then out_proj: our pooler and classifier, in that order.
+HF_LAYOUTS = {
+    "bert": HFLayout("BertForSequenceClassification", "BertTokenizer", "bert."),
+    "mpnet": HFLayout("MPNetForSequenceClassification", "MPNetTokenizer", "mpnet.",
+                      renames=tuple((ours, theirs) for theirs, ours in MPNET_NAMES),
+                      head=(("bert.pooler.dense.", "classifier.dense."),
+                            ("classifier.", "classifier.out_proj."))),
+}
+
+
+def hf_state_dict(state, layout):
+    """{our unrolled key: tensor} (`unrolled_state_dict`) -> {transformers key: tensor}."""
+    out = {}
+    for key, value in state.items():
+        for ours, theirs in layout.head:
+            if key.startswith(ours):
+                key = theirs + key[len(ours):]
+                break
+        else:
+            if key.startswith("bert."):
+                key = layout.encoder_prefix + key[len("bert."):]
+            for ours, theirs in layout.renames:
+                key = key.replace(ours, theirs)
+        out[key] = value
+    return out
 
 
 def _swapped(name):
@@ -55,13 +97,27 @@ def unrolled_state_dict(model):
 def hf_config(config, num_layers, task, pad_token_id):
     """transformers' config.json of the unrolled classifier."""
     labels = task.labels or REGRESSION_LABELS
-    return {**config.to_dict(), "num_hidden_layers": num_layers,
-            "architectures": ["BertForSequenceClassification"], "model_type": "bert",
-            "id2label": {str(i): label for i, label in enumerate(labels)},
-            "label2id": {label: i for i, label in enumerate(labels)},
-            "problem_type": ("regression" if task.output_mode == "regression"
-                             else "single_label_classification"),
-            "pad_token_id": pad_token_id, "position_embedding_type": "absolute"}
+    out = {**config.to_dict(), "num_hidden_layers": num_layers,
+           "architectures": [HF_LAYOUTS[config.model_type].architecture],
+           "model_type": config.model_type,
+           "id2label": {str(i): label for i, label in enumerate(labels)},
+           "label2id": {label: i for i, label in enumerate(labels)},
+           "problem_type": ("regression" if task.output_mode == "regression"
+                            else "single_label_classification"),
+           "pad_token_id": pad_token_id}
+    if config.model_type == "bert":
+        out["position_embedding_type"] = "absolute"
+    return out
+
+
+def hf_tokenizer_config(tokenizer, config):
+    """transformers' tokenizer_config.json: the class, casing, length and special tokens."""
+    out = {"tokenizer_class": HF_LAYOUTS[config.model_type].tokenizer_class,
+           "do_lower_case": tokenizer.do_lower_case, "model_max_length": config.max_positions}
+    if config.model_type == "mpnet":
+        out.update(bos_token="<s>", eos_token="</s>", sep_token="</s>", cls_token="<s>",
+                   unk_token="[UNK]", pad_token="<pad>", mask_token="<mask>")
+    return out
 
 
 def export_run(run_dir, export_dir, criterion="acc", overwrite=False):
@@ -83,22 +139,20 @@ def export_run(run_dir, export_dir, criterion="acc", overwrite=False):
         raise PeakdError(f"--export_dir {export_dir} is not empty; pass --overwrite_export_dir "
                          "or choose another folder")
     model, config, run_args, task = load_trained_run(run_dir, criterion)
-    if config.model_type != "bert":
+    if config.model_type not in HF_LAYOUTS:
         raise PeakdError(f"--run_dir {run_dir} holds a {config.model_type} model; the export "
-                         "writes transformers' BERT layout, which it does not fit")
+                         f"writes {' or '.join(HF_LAYOUTS)} models only")
     tokenizer = load_tokenizer(run_dir, config, "--run_dir")
-    state = unrolled_state_dict(model)
+    state = hf_state_dict(unrolled_state_dict(model), HF_LAYOUTS[config.model_type])
     meta = {"format": "pt", "criterion": criterion,
             "model_type": run_args["model_type"], "task": task.name}
     vocab = (run_dir / "vocab.txt").read_bytes()
 
     def write(folder):
-        write_json(folder / "config.json",
-                   hf_config(config, effective_layers(model), task,
-                             tokenizer.vocab.get("[PAD]", 0)))
-        write_json(folder / "tokenizer_config.json",
-                   {"tokenizer_class": "BertTokenizer", "do_lower_case": tokenizer.do_lower_case,
-                    "model_max_length": config.max_position_embeddings})
+        pad = (config.pad_token_id if config.model_type == "mpnet"
+               else tokenizer.vocab.get("[PAD]", 0))
+        write_json(folder / "config.json", hf_config(config, effective_layers(model), task, pad))
+        write_json(folder / "tokenizer_config.json", hf_tokenizer_config(tokenizer, config))
         atomic_write(folder / "vocab.txt", lambda f: f.write(vocab))
         save_safetensors(state, folder / "model.safetensors", metadata=meta)
 

@@ -25,19 +25,27 @@ def metrics_text(record, first=None):
 
 def checkpoint_text(results, criterion):
     """One selected checkpoint of a training run's eval_results.json, e.g.
-    'dev acc 0.8125, loss 0.43 (BERT.*_acc.pkl, epoch 2)'."""
+    'dev acc 0.8125, loss 0.43 (BERT.*_acc.pkl, epoch 2)'; where a held-out train slice chose
+    it (--select train_slice), the slice's scores and then dev's at that checkpoint:
+    'train_slice acc 0.8115, ...; dev at it acc 0.7868, ... (BERT.*_acc.pkl, epoch 5)'."""
     prefix, record = results.get("prefix", "BERT"), results.get(f"best_{criterion}")
     name = f"{prefix}.*_{criterion}.pkl"
     if record is None:
         return f"no {name} saved (--saving_criterion_{criterion} was never met)"
     main = results.get("main_metric")
+    split = (results.get("selection") or {}).get("split", "dev")
+    dev = (results.get(f"chosen_{criterion}") or {}).get("dev") if split != "dev" else None
     if criterion == "loss":  # the loss and the main metric; the acc checkpoint lists them all
-        record = {k: record[k] for k in ("loss", main, "epoch", "step") if k in record}
+        record, dev = ({k: r[k] for k in ("loss", main, "epoch", "step") if k in r} if r else r
+                       for r in (record, dev))
         main = "loss"
     where = f"epoch {record['epoch']}" if "epoch" in record else ""
     if "step" in record:
         where += f"{', ' if where else ''}step {record['step']}"
-    return f"dev {metrics_text(record, main)} ({name}{', ' + where if where else ''})"
+    scores = f"{split} {metrics_text(record, main)}"
+    if dev:
+        scores += f"; dev at it {metrics_text(dev, main)}"
+    return f"{scores} ({name}{', ' + where if where else ''})"
 
 
 def training_lines(results, run_dir):
