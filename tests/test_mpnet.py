@@ -142,6 +142,11 @@ def test_the_pipeline_runs_on_an_mpnet_teacher(tiny_mpnet, tiny, tmp_path):
         "--model_type", "SPS", "--student_hidden_layers", 2, "--teacher_prediction", file,
         "--load_model_dir", teacher / "PTP.encoder_loss.pkl"))
     assert results["effective_layers"] == 4 and results["best_acc"] is not None
+    # finetune_ER.py: SPS's second pass over a chosen layer, on the same MPNet student
+    er = load_script("finetune_ER").main(train_args(
+        "MRPC", tiny.data, tiny_mpnet, tmp_path / "er", "--train_type", "pkd",
+        "--student_hidden_layers", 2, "--sps_layers", "2", "--teacher_prediction", file))
+    assert er["effective_layers"] == 3 and er["best_acc"] is not None
 
 
 @pytest.mark.parametrize("model_type, depth", [("Original", 2), ("SPS", 4)])
