@@ -998,3 +998,42 @@ def test_the_mfu_bar_is_per_config_on_a_gpu_and_0_8_on_the_cpu():
     assert mfu_target("student3", gpu=True) == CUDA_MFU_TARGETS["student3"] == 0.10
     assert mfu_target("base", gpu=True) is None  # not measured compiled: printed, not judged
     assert mfu_target("base", gpu=False) == TARGETS["mfu"] == 0.8
+
+
+def test_evaluation_casts_the_weights_once_per_pass(tiny):
+    """collect_outputs enters the autocast region once for all its batches (autocast keeps each
+    weight's bf16 copy until the region ends: one cast per weight per pass, not per batch), and
+    gives the logits of a region per batch exactly."""
+    from utils.evaluation import collect_outputs
+    from utils.glue import get_task
+    from utils.modeling import load_tokenizer
+    from utils.pipeline import load_splits
+
+    task = get_task("MRPC")
+    features = load_splits(task, tiny.data, ("dev",), load_tokenizer(tiny.bert), 32)["dev"][1]
+    model = modeling.BertForSequenceClassification.from_pretrained(tiny.bert, num_labels=2)
+    entered = []
+
+    class Counting:
+        def __init__(self):
+            self.region = torch.autocast("cpu", dtype=torch.bfloat16)
+
+        def __enter__(self):
+            entered.append(1)
+            return self.region.__enter__()
+
+        def __exit__(self, *exc):
+            return self.region.__exit__(*exc)
+
+    cpu = torch.device("cpu")
+    once = collect_outputs(model, features, 2, cpu, Counting())["logits"]
+    assert len(features) > 2 and len(entered) == 1
+    forward = model.forward
+
+    def per_batch(*a, **k):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return forward(*a, **k)
+
+    model.forward = per_batch
+    assert torch.equal(collect_outputs(model, features, 2, cpu, contextlib.nullcontext())["logits"],
+                       once)

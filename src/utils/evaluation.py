@@ -19,18 +19,20 @@ def collect_outputs(model, features, batch_size, device, amp, pad_to_max=False,
     model.eval()
     out = {}
     multiple = pad_multiple(multiple, device)
-    for index in eval_batches(features.lengths, batch_size):
-        batch = to_device(features.batch(index, pad_to_max, multiple), device)
-        with amp:
+    # one autocast region for the whole pass: autocast keeps each weight's low-precision copy
+    # until the region ends, so the weights are cast once, not once per batch
+    with amp:
+        for index in eval_batches(features.lengths, batch_size):
+            batch = to_device(features.batch(index, pad_to_max, multiple), device)
             res = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
                         output_all_encoded_layers=layer_cls)
-        parts = {"logits": res.logits, "pooled": res.pooled_output}
-        if layer_cls:
-            parts["layer_cls"] = torch.stack([h[:, 0] for h in res.encoded_layers], dim=1)
-        for name, value in parts.items():
-            if name not in out:
-                out[name] = torch.empty(len(features), *value.shape[1:], device=device)
-            out[name][batch["index"]] = value.float()
+            parts = {"logits": res.logits, "pooled": res.pooled_output}
+            if layer_cls:
+                parts["layer_cls"] = torch.stack([h[:, 0] for h in res.encoded_layers], dim=1)
+            for name, value in parts.items():
+                if name not in out:
+                    out[name] = torch.empty(len(features), *value.shape[1:], device=device)
+                out[name][batch["index"]] = value.float()
     return {name: value.cpu() for name, value in out.items()}
 
 
