@@ -225,3 +225,28 @@ def test_ckd_takes_its_per_task_alpha_and_temperature(tiny, mrpc_teacher, tmp_pa
     FINETUNE.main(train_args("MRPC", tiny.data, tiny.bert, tmp_path / "given", "--train_type",
                              "ckd", "--teacher_dir", mrpc_teacher.run, "--T", 2))
     assert json.loads((tmp_path / "given" / "args.json").read_text())["T"] == 2.0
+
+
+def test_a_teacher_cast_once_gives_what_autocast_gives_each_step(mrpc_teacher, tiny):
+    """RunningTeacher with the student's bf16 casts the teacher's Linears once; under autocast
+    its outputs (logits, every layer, q/k/v) equal those of the fp32 teacher bit for bit, and
+    its embeddings and LayerNorms stay fp32."""
+    from utils.distill import LIVE_TEACHER, RunningTeacher
+
+    cpu = torch.device("cpu")
+    outputs = {**LIVE_TEACHER["tinybert_layer"], **LIVE_TEACHER["minilm_layer"]}
+    plain = RunningTeacher.from_run(mrpc_teacher.run, cpu, outputs)
+    cast = RunningTeacher.from_run(mrpc_teacher.run, cpu, outputs, torch.bfloat16)
+    linears = [m for m in cast.model.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(m.weight.dtype == torch.bfloat16 for m in linears)
+    assert cast.model.bert.embeddings.word_embeddings.weight.dtype == torch.float32
+    ids = torch.randint(5, 40, (3, 9), generator=torch.Generator().manual_seed(0))
+    batch = {"input_ids": ids, "token_type_ids": torch.zeros_like(ids),
+             "attention_mask": torch.ones_like(ids)}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want, got = plain(batch), cast(batch)
+    assert torch.equal(want.logits, got.logits)
+    for a, b in zip(want.encoded_layers, got.encoded_layers, strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(want.attention_qkv, got.attention_qkv, strict=True):
+        assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))

@@ -16,8 +16,8 @@ from utils.modeling import build_classifier
 
 from .machine import LoadMeter
 from .peak import forward_flops
-from .runners import (Frozen, Ours, Theirs, distill_objective, hf_twin, live_objective, run_one,
-                      switches)
+from .runners import (AMP_DTYPES, Frozen, Ours, Theirs, distill_objective, hf_twin, live_objective,
+                      run_one, switches)
 from .workloads import FIXED_LEN, make_workloads, plan_for
 
 # name: (layers, model type). Full size has BERT-base's width; --quick a tiny one, same roles.
@@ -117,7 +117,8 @@ def bench_config(name, args, device, features, amp, budget_s, clock, log):
                                      else CONFIGS["base"][0])
         torch.manual_seed(1)
         teacher_model = build_classifier(teacher_config, 2).to(device)
-        objectives["live"] = live_objective(ours_model, teacher_model, device)
+        objectives["live"] = live_objective(ours_model, teacher_model, device,
+                                            None if amp == "fp32" else AMP_DTYPES[amp])
         impls["teacher"] = Frozen(teacher_model, device, amp)
 
     # parity: the same function (eval mode) on a real batch, dynamic and padded to 128

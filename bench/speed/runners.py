@@ -182,12 +182,14 @@ def distill_objective(kind, model, num_examples, device, seed=0):
     return build_objective(args, get_task("MRPC"), model, teacher, device)
 
 
-def live_objective(model, teacher_model, device):
+def live_objective(model, teacher_model, device, dtype=None):
     """The CKD objective (utils.distill, MRPC presets) with `teacher_model` running beside the
-    student on every batch: the cost of the compared methods' steps (docs/baselines.md)."""
+    student on every batch: the cost of the compared methods' steps (docs/baselines.md). `dtype`:
+    the autocast precision (None in fp32), to which the teacher's Linears are cast once, as in
+    training; the teacher's forward alone (Frozen) then runs on the same weights."""
     args = apply_presets(argparse.Namespace(train_type="ckd", task="MRPC", alpha=None, T=None,
                                             relation_weights=None))
-    teacher = RunningTeacher(teacher_model, device, LIVE_TEACHER["ckd"])
+    teacher = RunningTeacher(teacher_model, device, LIVE_TEACHER["ckd"], dtype)
     return distill_live_objective(args, "ckd", model, False, teacher)
 
 

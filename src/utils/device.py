@@ -42,16 +42,23 @@ def pick_device(args):
     return torch.device("cpu")
 
 
+def amp_dtype(args):
+    """The low precision of --fp16 / --bf16, or None in fp32."""
+    if getattr(args, "fp16", False):
+        return torch.float16
+    return torch.bfloat16 if getattr(args, "bf16", False) else None
+
+
 def autocast(args, device):
     """torch.amp autocast for --fp16 (CUDA) / --bf16; a no-op context in fp32."""
     if args.fp16:
         if device.type != "cuda":
             raise PeakdError("--fp16 needs a CUDA GPU; drop it (or use --bf16) on the CPU")
-        return torch.autocast("cuda", dtype=torch.float16)
+        return torch.autocast("cuda", dtype=amp_dtype(args))
     if args.bf16:
         if device.type == "cpu":
             warn_slow_bf16()
-        return torch.autocast(device.type, dtype=torch.bfloat16)
+        return torch.autocast(device.type, dtype=amp_dtype(args))
     return contextlib.nullcontext()
 
 

@@ -15,6 +15,7 @@ from typing import Callable, Optional
 import torch
 
 from .args import task_output_dir
+from .device import amp_dtype
 from .errors import PeakdError, warn
 from .losses import (attention_scores, ckd_layer_relation_loss, ckd_word_relation_loss,
                      cosine_hidden_loss, kd_loss, minilm_relation_loss, patience_loss,
@@ -57,10 +58,20 @@ class Objective:
 
 class RunningTeacher:
     """A teacher model, frozen, called on each training batch; times its forwards (on CUDA with
-    events read once at the end, so timing adds no per-step sync)."""
+    events read once at the end, so timing adds no per-step sync).
 
-    def __init__(self, model, device, outputs):
+    `dtype`: the student's autocast precision (None in fp32). Autocast casts a Linear's weight
+    and bias to it on every call, and keeps no copy of a frozen weight (its cache holds only
+    weights that require grad); so the teacher's Linears are cast once here, to the very values
+    autocast would compute each step. Embeddings and LayerNorms stay fp32, as autocast runs them.
+    """
+
+    def __init__(self, model, device, outputs, dtype=None):
         self.model = model.eval().requires_grad_(False).to(device)
+        if dtype is not None:
+            for module in self.model.modules():
+                if isinstance(module, torch.nn.Linear):
+                    module.to(dtype)
         self.layers = effective_layers(self.model)
         self.outputs, self.device = outputs, device
         self.seconds, self.events, self.calls = 0.0, [], 0
@@ -84,9 +95,9 @@ class RunningTeacher:
         return out
 
     @classmethod
-    def from_run(cls, teacher_dir, device, outputs):
+    def from_run(cls, teacher_dir, device, outputs, dtype=None):
         """The teacher of a finished finetune.py run (its *_acc checkpoint)."""
-        return cls(load_trained_run(teacher_dir, "acc")[0], device, outputs)
+        return cls(load_trained_run(teacher_dir, "acc")[0], device, outputs, dtype)
 
     def report(self):
         if self.events:
@@ -124,7 +135,7 @@ def build_objective(args, task, model, teacher_train=None, device="cpu", teacher
         return Objective(lambda out, batch: task_loss(out.logits, batch["labels"], regression))
     if kind in LIVE_TEACHER:
         teacher = RunningTeacher.from_run(teacher_run_dir(args, teacher_file), device,
-                                          LIVE_TEACHER[kind])
+                                          LIVE_TEACHER[kind], amp_dtype(args))
         return live_objective(args, kind, model, regression, teacher)
     teacher_logits = teacher_train["logits"].to(device)  # (N, C)
     if kind == "tinybert_pred":
