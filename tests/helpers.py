@@ -133,6 +133,25 @@ def make_tiny_mpnet(path, glue_root, layers=4, seed=0):
     return path
 
 
+def exported_dev(run, export, data_dir, criterion="acc"):
+    """The trained run's `criterion` model (`load_trained_run`), its task, its dev features, and
+    the dev pairs as transformers' AutoTokenizer of the export encodes them (padded to the run's
+    max_seq_length): what an export test compares."""
+    import transformers
+
+    from utils.modeling import load_tokenizer, load_trained_run
+    from utils.pipeline import load_splits
+
+    ours, _, run_args, task = load_trained_run(run, criterion)
+    examples, features = load_splits(task, data_dir, ("dev",), load_tokenizer(run),
+                                     run_args["max_seq_length"])["dev"]
+    tokenizer = transformers.AutoTokenizer.from_pretrained(export)
+    encoded = tokenizer([e.text_a for e in examples], [e.text_b for e in examples],
+                        truncation="longest_first", max_length=run_args["max_seq_length"],
+                        padding="max_length", return_tensors="pt")
+    return ours, task, features, encoded
+
+
 def load_script(name):
     """A script module (src/<name>.py) imported by path: scripts never import each other, tests
     may."""

@@ -5,10 +5,9 @@ import shutil
 import pytest
 import torch
 
-from helpers import expect_error, load_script, train_args
+from helpers import expect_error, exported_dev, load_script, train_args
 from utils.export import EXPORT_FILES
 from utils.modeling import load_tokenizer, load_trained_run
-from utils.pipeline import load_splits
 
 transformers = pytest.importorskip("transformers")
 
@@ -49,19 +48,13 @@ def test_exported_run_loads_in_transformers_with_our_logits(name, tiny, tmp_path
     theirs, info = transformers.BertForSequenceClassification.from_pretrained(
         export, output_loading_info=True)
     assert not any(info.values()), info
-    ours, _, run_args, task = load_trained_run(run, "loss")
+    ours, task, features, encoded = exported_dev(run, export, tiny.data, "loss")
     config = json.loads((export / "config.json").read_text())
     assert config["model_type"] == "bert" and config["num_hidden_layers"] == depth
     assert theirs.config.num_labels == task.num_labels
     if task.labels:
         assert list(theirs.config.id2label.values()) == list(task.labels)
 
-    examples, features = load_splits(task, tiny.data, ("dev",), load_tokenizer(run),
-                                     run_args["max_seq_length"])["dev"]
-    tokenizer = transformers.AutoTokenizer.from_pretrained(export)
-    encoded = tokenizer([e.text_a for e in examples], [e.text_b for e in examples],
-                        truncation="longest_first", max_length=run_args["max_seq_length"],
-                        padding="max_length", return_tensors="pt")
     assert torch.equal(encoded["input_ids"], features.input_ids)
     assert torch.equal(encoded["token_type_ids"], features.token_type_ids)
     ours.eval()

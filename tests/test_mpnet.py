@@ -156,8 +156,7 @@ def test_an_mpnet_run_exports_to_transformers_with_our_logits(model_type, depth,
     it as MPNetForSequenceClassification with no missing or unused weight, AutoTokenizer gives
     our token ids, and the logits and every layer's real tokens agree (SPS unrolled). Query and
     Key are scaled by 10 first, so that the swap changes the output (see test_export.py)."""
-    from utils.modeling import load_trained_run
-    from utils.pipeline import load_splits
+    from helpers import exported_dev
 
     run, export = tmp_path / "run", tmp_path / "export"
     load_script("finetune").main(train_args("MRPC", tiny.data, tiny_mpnet, run, "--model_type",
@@ -174,13 +173,7 @@ def test_an_mpnet_run_exports_to_transformers_with_our_logits(model_type, depth,
     assert not any(info.values()), info
     assert theirs.config.num_hidden_layers == depth
 
-    ours, _, run_args, task = load_trained_run(run, "acc")
-    examples, features = load_splits(task, tiny.data, ("dev",), load_tokenizer(run),
-                                     run_args["max_seq_length"])["dev"]
-    tokenizer = transformers.AutoTokenizer.from_pretrained(export)
-    encoded = tokenizer([e.text_a for e in examples], [e.text_b for e in examples],
-                        truncation="longest_first", max_length=run_args["max_seq_length"],
-                        padding="max_length", return_tensors="pt")
+    ours, _, features, encoded = exported_dev(run, export, tiny.data)
     # the same real tokens (our batches pad with 0, transformers' with <pad>; padding is masked)
     real = encoded["attention_mask"].bool()
     assert torch.equal(real.sum(1), features.lengths)

@@ -40,6 +40,7 @@ class HFLayout:
     encoder_prefix: str  # transformers' prefix for our `bert.` keys
     renames: tuple = ()  # (ours, theirs) parts of encoder key names
     head: tuple = ()  # (ours, theirs) key prefixes of the classifier head; the first match wins
+    special_tokens: tuple = ()  # (role, token) pairs for tokenizer_config.json
 
 
 # config.json's model_type -> transformers' layout. MPNet's classification head is dense + tanh
@@ -49,7 +50,11 @@ HF_LAYOUTS = {
     "mpnet": HFLayout("MPNetForSequenceClassification", "MPNetTokenizer", "mpnet.",
                       renames=tuple((ours, theirs) for theirs, ours in MPNET_NAMES),
                       head=(("bert.pooler.dense.", "classifier.dense."),
-                            ("classifier.", "classifier.out_proj."))),
+                            ("classifier.", "classifier.out_proj.")),
+                      special_tokens=(("bos_token", "<s>"), ("eos_token", "</s>"),
+                                      ("sep_token", "</s>"), ("cls_token", "<s>"),
+                                      ("unk_token", "[UNK]"), ("pad_token", "<pad>"),
+                                      ("mask_token", "<mask>"))),
 }
 
 
@@ -112,12 +117,9 @@ def hf_config(config, num_layers, task, pad_token_id):
 
 def hf_tokenizer_config(tokenizer, config):
     """transformers' tokenizer_config.json: the class, casing, length and special tokens."""
-    out = {"tokenizer_class": HF_LAYOUTS[config.model_type].tokenizer_class,
-           "do_lower_case": tokenizer.do_lower_case, "model_max_length": config.max_positions}
-    if config.model_type == "mpnet":
-        out.update(bos_token="<s>", eos_token="</s>", sep_token="</s>", cls_token="<s>",
-                   unk_token="[UNK]", pad_token="<pad>", mask_token="<mask>")
-    return out
+    layout = HF_LAYOUTS[config.model_type]
+    return {"tokenizer_class": layout.tokenizer_class, "do_lower_case": tokenizer.do_lower_case,
+            "model_max_length": config.max_positions, **dict(layout.special_tokens)}
 
 
 def export_run(run_dir, export_dir, criterion="acc", overwrite=False):

@@ -36,8 +36,9 @@ def checkpoint_text(results, criterion):
     split = (results.get("selection") or {}).get("split", "dev")
     dev = (results.get(f"chosen_{criterion}") or {}).get("dev") if split != "dev" else None
     if criterion == "loss":  # the loss and the main metric; the acc checkpoint lists them all
-        record, dev = ({k: r[k] for k in ("loss", main, "epoch", "step") if k in r} if r else r
-                       for r in (record, dev))
+        keep = ("loss", main, "epoch", "step")
+        record = {k: record[k] for k in keep if k in record}
+        dev = dev and {k: dev[k] for k in keep if k in dev}
         main = "loss"
     where = f"epoch {record['epoch']}" if "epoch" in record else ""
     if "step" in record:
