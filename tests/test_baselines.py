@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from helpers import load_script, train_args
+from utils import losses
 from utils.losses import (attention_scores, ckd_layer_relation_loss, ckd_word_relation_loss,
                           cosine_hidden_loss, minilm_relation_loss, skip_layer_map,
                           soft_cross_entropy, tinybert_attention_loss, tinybert_hidden_loss)
@@ -111,6 +112,22 @@ def test_relation_losses_have_finite_gradients_with_padding():
     loss = loss + minilm_relation_loss((q, q, q), (torch.randn(2, 2, 5, 3),) * 3, mask)
     loss.backward()
     assert all(torch.isfinite(x.grad).all() for x in s + [q])
+
+
+def test_relation_losses_run_in_fp32_under_autocast():
+    """CKD's cosines are taken in fp32 whatever the autocast (bf16 would round them to 3
+    digits), and equal the normalise-first form of CKD's code."""
+    torch.manual_seed(0)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    s = [torch.randn(2, 5, 8) * 3 for _ in range(3)]
+    t = [torch.randn(2, 5, 8) for _ in range(3)]
+    plain = (ckd_word_relation_loss(s, t, mask), ckd_layer_relation_loss(s, t, mask))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cast = (ckd_word_relation_loss(s, t, mask), ckd_layer_relation_loss(s, t, mask))
+    assert [x.dtype for x in cast] == [torch.float32] * 2
+    assert [x.item() for x in cast] == pytest.approx([x.item() for x in plain], rel=1e-6)
+    unit = F.normalize(s[0], dim=-1)
+    assert losses._cosine_matrix(s[0]) == pytest.approx(unit @ unit.transpose(-1, -2), abs=1e-6)
 
 
 def test_cosine_hidden_loss_by_hand():

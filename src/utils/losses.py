@@ -318,9 +318,15 @@ def minilm_relation_loss(student_qkv: tuple, teacher_qkv: tuple, mask: torch.Ten
 
 
 def _cosine_matrix(x: torch.Tensor) -> torch.Tensor:
-    """(..., n, D) -> (..., n, n) cosine similarities between the n vectors."""
-    x = F.normalize(x.float(), p=2, dim=-1)
-    return x @ x.transpose(-1, -2)
+    """(..., n, D) -> (..., n, n) cosine similarities between the n vectors, in fp32 whatever
+    the autocast: the Gram matrix x x^T over the outer product of the norms (floored at 1e-12,
+    as F.normalize). The same values as normalising x first, with one reduction over the
+    (..., n, D) tensor instead of a division and its backward; and fp32 skips autocast's bf16
+    copies, which cost more than the small matmuls save (CPU live step, docs/speed.md)."""
+    x = x.float()
+    with torch.autocast(x.device.type, enabled=False):
+        norms = torch.linalg.vector_norm(x, dim=-1).clamp_min(1e-12)
+        return (x @ x.transpose(-1, -2)) / (norms[..., :, None] * norms[..., None, :])
 
 
 def _relation_kl(student: torch.Tensor, teacher: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
