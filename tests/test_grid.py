@@ -63,7 +63,20 @@ def test_p_value_of_a_paired_t_test():
     # t(0.975, 4) = 2.776445: a mean of 2.776445 standard errors has p 0.05
     assert p_value(2.776445 * 0.1 / math.sqrt(5), 0.1, 5) == pytest.approx(0.05, abs=1e-6)
     assert p_value(0.0, 0.1, 5) == pytest.approx(1.0)
-    assert p_value(0.01, 0.0, 5) == 0.0 and p_value(0.0, 0.0, 5) == 1.0
+    assert p_value(0.01, 0.0, 5) == 1.0 and p_value(0.0, 0.0, 5) == 1.0
+
+
+def test_a_row_with_no_spread_takes_no_holm_step_from_the_others():
+    """Two claims: one at p 0.01, one whose seeds all gave -2/408. The no-spread
+    row ranks last (p 1), so the other is tested at 0.05 / 2 and its verdict stands or falls on
+    its own p, never on a t test that could not be made."""
+    same = paired({1: 284 / 408, 2: 287 / 408, 3: 290 / 408},
+                  {1: 286 / 408, 2: 289 / 408, 3: 292 / 408}, claim="same")
+    decided = row(0.01, name="decided")
+    rows = {r.claim or r.a: r for r in holm([same, decided])}
+    assert rows["same"].verdict == "not decided (no spread)" and rows["same"].p_holm == 1.0
+    assert rows["decided"].p_holm == pytest.approx(0.02)
+    assert rows["decided"].verdict == "supported"
 
 
 def row(p, n=5, sd=0.01, name="x"):

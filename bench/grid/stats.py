@@ -148,9 +148,10 @@ def interval(mean, sd, n, level):
 
 def p_value(mean, sd, n):
     """Two-sided p of the paired t test of mean difference 0: P(|T_{n-1}| >= |t|),
-    t = mean / (sd / sqrt(n)); 0 for a nonzero mean with no spread, 1 for none at all."""
+    t = mean / (sd / sqrt(n)). With no spread (sd 0) t is undefined and `verdict` decides
+    nothing, so p is 1: such a row ranks last in `holm` instead of taking its first step."""
     if sd <= NO_WIDTH:
-        return 1.0 if abs(mean) <= NO_WIDTH else 0.0
+        return 1.0
     return max(0.0, 1.0 - t_two_sided_mass(abs(mean) / (sd / math.sqrt(n)), n - 1))
 
 
