@@ -716,9 +716,13 @@ def test_benchmark_helpers():
     assert forward_flops(base, 12, 128) == pytest.approx(22.3e9, rel=0.01)
     args = bench.build_parser().parse_args(["--quick", "--configs", "student3", "--batch", "4"])
     assert args.quick and args.configs == "student3" and args.batch == 4
-    steps = measurement_list(["ours", "hf"], kd=True)
+    steps = measurement_list(["ours", "hf"], ["kd", "pkd", "live_ckd", "live_tinybert_layer"])
     assert ("train", "mrpc", "hf", "default", None) in steps
     assert ("train", "mrpc", "ours", "dynamic", "pkd") in steps
+    assert ("train", "mrpc", "ours", "dynamic", "live_tinybert_layer") in steps
+    # a live step is compared with the teacher's forward alone on the same batches
+    assert ("teacher_fwd", "mrpc", "teacher", "dynamic", None) in steps
+    assert not any(s[0] == "teacher_fwd" for s in measurement_list(["ours"], ["kd"]))
     assert sorted(_swap_pairs(steps), key=str) == sorted(steps, key=str)
     load = LoadMeter().foreign()
     assert load is None or 0.0 <= load <= 1.0

@@ -12,6 +12,7 @@ import time
 import torch
 
 from BERT.pytorch_pretrained_bert import BertConfig
+from utils.distill import LIVE_TEACHER
 from utils.modeling import build_classifier
 
 from .machine import LoadMeter
@@ -31,8 +32,9 @@ COST = {"student3": 1.0, "sps3": 2.0, "base": 1.8}
 MIN_PAIRS = 3
 
 
-def measurement_list(impls, kd):
-    """(mode, workload, impl, variant, objective) in the order one repeat runs them."""
+def measurement_list(impls, objectives=()):
+    """(mode, workload, impl, variant, objective) in the order one repeat runs them; each name in
+    `objectives` (kd, pkd, live_<method>) is one more training step of ours on the MRPC mix."""
     out = []
     for mode, workload in (("train", "fixed128"), ("infer", "fixed128"), ("train", "mrpc"),
                            ("infer", "mrpc")):
@@ -41,10 +43,11 @@ def measurement_list(impls, kd):
         else:
             variants = [("dynamic", i) for i in impls] + [("default", "hf")]
         out += [(mode, workload, impl, variant, None) for variant, impl in variants]
-        if mode == "train" and workload == "mrpc" and kd:
-            out += [(mode, workload, "ours", "dynamic", k) for k in ("kd", "pkd", "live")]
-            # the teacher's forward alone on the same batches: what a live step adds at most
-            out.append(("teacher_fwd", workload, "teacher", "dynamic", None))
+        if mode == "train" and workload == "mrpc":
+            out += [(mode, workload, "ours", "dynamic", k) for k in objectives]
+            if any(k.startswith("live_") for k in objectives):
+                # the teacher's forward alone on the same batches: what a live step adds at most
+                out.append(("teacher_fwd", workload, "teacher", "dynamic", None))
     return out
 
 
@@ -111,14 +114,15 @@ def bench_config(name, args, device, features, amp, budget_s, clock, log):
     if name != "base":
         objectives = {k: distill_objective(k, ours_model, len(features), device)
                       for k in ("kd", "pkd")}
-        # a teacher running beside the student (the compared methods): the 12-layer model of
+        # a teacher running beside the student (each compared method): the 12-layer model of
         # the same width (--quick: the tiny base), random weights
         teacher_config = config.copy(num_hidden_layers=QUICK_LAYERS["base"] if args.quick
                                      else CONFIGS["base"][0])
         torch.manual_seed(1)
         teacher_model = build_classifier(teacher_config, 2).to(device)
-        objectives["live"] = live_objective(ours_model, teacher_model, device,
-                                            None if amp == "fp32" else AMP_DTYPES[amp])
+        for kind in LIVE_TEACHER:
+            objectives[f"live_{kind}"] = live_objective(kind, ours_model, teacher_model, device,
+                                                        None if amp == "fp32" else AMP_DTYPES[amp])
         impls["teacher"] = Frozen(teacher_model, device, amp)
 
     # parity: the same function (eval mode) on a real batch, dynamic and padded to 128
@@ -136,7 +140,7 @@ def bench_config(name, args, device, features, amp, budget_s, clock, log):
     if max(parity.values()) > (1e-3 if amp == "fp32" else 0.1):
         raise RuntimeError(f"ours and transformers disagree ({parity}): not the same model")
 
-    steps = measurement_list([i for i in impls if i != "teacher"], bool(objectives))
+    steps = measurement_list([i for i in impls if i != "teacher"], list(objectives))
     times = {key_of(m, w, i, v, o, amp): [] for m, w, i, v, o in steps}
     meter = LoadMeter()
 

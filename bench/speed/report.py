@@ -2,8 +2,8 @@
 
 A ratio target compares two rates measured in the same run: ours/transformers on the same
 batches (>= 1), ours on the MRPC mix against transformers' default padding to 128 (>= 1.5), a KD
-or PKD step against a fine-tuning step (<= 1.1x its time), a step whose teacher runs beside the
-student (the compared methods) against a fine-tuning step plus the teacher's forward on the same
+or PKD step against a fine-tuning step (<= 1.1x its time), a step of each compared method, whose
+teacher runs beside the student, against a fine-tuning step plus the teacher's forward on the same
 batches (<= 1.1x their time), the 3-layer SPS student against the
 12-layer model in inference (>= 1.8); MFU is against the matmul peak measured in the same run
 (peak.py). The scripts' own path (scripts.py) makes its own targets.
@@ -19,6 +19,7 @@ further than 3), and for MFU and the SPS / 12-layer ratio (different configs, mi
 pairs), the verdict compares the point value, as before.
 """
 from grid.stats import paired_ratio
+from utils.distill import LIVE_TEACHER
 
 from .measure import MIN_PAIRS, key_of
 
@@ -150,12 +151,13 @@ def evaluate_targets(cfgs, peaks, amp, peak_key, gpu=False):
             if r is not None:
                 targets.append(paired_target(f"{c} {obj} step time / ft step time", ft, r,
                                              TARGETS["kd_step_cost"], higher=False))
-        live = record(c, "train", "mrpc", "ours", "dynamic", "live")
         teacher = record(c, "teacher_fwd", "mrpc", "teacher", "dynamic")
-        if live is not None and teacher is not None:
-            targets.append(paired_target(
-                f"{c} live-teacher step / (ft step + teacher forward)", summed(ft, teacher), live,
-                TARGETS["live_step_cost"], higher=False))
+        for kind in LIVE_TEACHER:
+            live = record(c, "train", "mrpc", "ours", "dynamic", f"live_{kind}")
+            if live is not None and teacher is not None:
+                targets.append(paired_target(
+                    f"{c} {kind} step / (ft step + teacher forward)", summed(ft, teacher), live,
+                    TARGETS["live_step_cost"], higher=False))
     if "sps3" in cfgs and "base" in cfgs:
         for workload, variant in (("fixed128", "fixed"), ("mrpc", "dynamic")):
             targets.append(target(
@@ -183,9 +185,9 @@ def ablation_rows(cfgs, amp):
     out = []
     for c, cfg in cfgs.items():
         impls = sorted({key.split("/")[3] for key in cfg["results"]})
-        for impl in (i for i in impls if i.startswith("ours_") and i not in ("ours_kd",
-                                                                              "ours_pkd",
-                                                                              "ours_live")):
+        # ours_<objective> are the distillation steps, not ablations
+        for impl in (i for i in impls if i.startswith("ours_") and i not in ("ours_kd", "ours_pkd")
+                     and not i.startswith("ours_live_")):
             for mode in ("train", "infer"):
                 out.append((c, mode, impl, *(
                     ratio(samples_per_s(cfg, mode, w, impl, v, amp),

@@ -17,7 +17,7 @@ import BERT.pytorch_pretrained_bert.linear as fast_linear
 import BERT.pytorch_pretrained_bert.modeling as modeling
 from BERT.pytorch_pretrained_bert import BertAdam
 from utils.allocator import keep_freed_memory
-from utils.args import apply_presets
+from utils.args import DISTILL_FLAGS, apply_presets
 from utils.distill import LIVE_TEACHER, RunningTeacher, build_objective
 from utils.distill import live_objective as distill_live_objective
 from utils.glue import get_task
@@ -182,15 +182,18 @@ def distill_objective(kind, model, num_examples, device, seed=0):
     return build_objective(args, get_task("MRPC"), model, teacher, device)
 
 
-def live_objective(model, teacher_model, device, dtype=None):
-    """The CKD objective (utils.distill, MRPC presets) with `teacher_model` running beside the
-    student on every batch: the cost of the compared methods' steps (docs/baselines.md). `dtype`:
-    the autocast precision (None in fp32), to which the teacher's Linears are cast once, as in
-    training; the teacher's forward alone (Frozen) then runs on the same weights."""
-    args = apply_presets(argparse.Namespace(train_type="ckd", task="MRPC", alpha=None, T=None,
-                                            relation_weights=None))
-    teacher = RunningTeacher(teacher_model, device, LIVE_TEACHER["ckd"], dtype)
-    return distill_live_objective(args, "ckd", model, False, teacher)
+def live_objective(kind, model, teacher_model, device, dtype=None):
+    """The objective of live method `kind` (a LIVE_TEACHER key: tinybert_layer, minilm_layer,
+    ckd, distil_cos; utils.distill, MRPC presets) with `teacher_model` running beside the student
+    on every batch: the cost of the compared methods' steps (docs/baselines.md). `dtype`: the
+    autocast precision (None in fp32), to which the teacher's Linears are cast once, as in
+    training; the teacher's forward alone (Frozen) then runs on the same weights. TinyBERT's
+    fit_dense (hidden x hidden) gets its gradient here but no optimizer update (Ours steps the
+    student's parameters only): a 0.6M-parameter BertAdam step left out of its time."""
+    args = apply_presets(argparse.Namespace(train_type=kind, task="MRPC",
+                                            **dict.fromkeys(DISTILL_FLAGS)))
+    teacher = RunningTeacher(teacher_model, device, LIVE_TEACHER[kind], dtype)
+    return distill_live_objective(args, kind, model, False, teacher)
 
 
 class Frozen:
