@@ -115,7 +115,7 @@ def test_relation_losses_have_finite_gradients_with_padding():
 
 
 def test_relation_losses_run_in_fp32_under_autocast():
-    """CKD's cosines are taken in fp32 whatever the autocast (bf16 would round them to 3
+    """CKD's cosines (and the attention scores) are taken in fp32 whatever the autocast (bf16 would round them to 3
     digits), and equal the normalise-first form of CKD's code."""
     torch.manual_seed(0)
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
@@ -128,6 +128,12 @@ def test_relation_losses_run_in_fp32_under_autocast():
     assert [x.item() for x in cast] == pytest.approx([x.item() for x in plain], rel=1e-6)
     unit = F.normalize(s[0], dim=-1)
     assert losses._cosine_matrix(s[0]) == pytest.approx(unit @ unit.transpose(-1, -2), abs=1e-6)
+    # the attention scores TinyBERT and MiniLM compare, likewise
+    q, k = torch.randn(2, 3, 5, 16), torch.randn(2, 3, 5, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cast = attention_scores(q, k)
+    assert cast.dtype == torch.float32
+    assert cast == pytest.approx(q @ k.transpose(-1, -2) / 4, abs=1e-5)
 
 
 def test_cosine_hidden_loss_by_hand():

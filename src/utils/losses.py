@@ -213,14 +213,18 @@ def _whole(x) -> int:
 
 def attention_scores(q: torch.Tensor, k: torch.Tensor,
                      position_bias: torch.Tensor | None = None) -> torch.Tensor:
-    """The attention scores before the mask and the softmax, in fp32:
+    """The attention scores before the mask and the softmax, in fp32 whatever the autocast
+    (bf16 would round the scores the losses compare; fp32 also skips autocast's copies, see
+    _cosine_matrix):
 
-        A = q k^T / sqrt(d)  (+ MPNet's relative position bias)
+        A = (q / sqrt(d)) k^T  (+ MPNet's relative position bias)
 
+    The scale goes on q, (B, h, S, d), rather than on the (B, h, S, S) product.
     Args: q, k: (B, h, S, d); position_bias: (1, h, S, S) or None. Returns (B, h, S, S).
     """
-    scores = q.float() @ k.float().transpose(-1, -2) / math.sqrt(q.shape[-1])
-    return scores if position_bias is None else scores + position_bias.float()
+    with torch.autocast(q.device.type, enabled=False):
+        scores = (q.float() / math.sqrt(q.shape[-1])) @ k.float().transpose(-1, -2)
+        return scores if position_bias is None else scores + position_bias.float()
 
 
 def _pair_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -244,7 +248,7 @@ def tinybert_attention_loss(student_scores: torch.Tensor, teacher_scores: torch.
         raise PeakdError(f"TinyBERT's attention loss needs the same heads and lengths: student "
                          f"{tuple(student_scores.shape)}, teacher {tuple(teacher_scores.shape)}")
     pairs = _pair_mask(mask)
-    return F.mse_loss(student_scores.float() * pairs, teacher_scores.float() * pairs)
+    return ((student_scores.float() - teacher_scores.float()) * pairs).square().mean()
 
 
 def tinybert_hidden_loss(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor,
