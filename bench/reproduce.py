@@ -157,7 +157,7 @@ def grid(args, stack):
                 cache[FEATURE_CACHE_ENV] = str(work / "cache")
             run_stages(stages, work, logs, args.jobs, env_extra=cache,
                        on_done=lambda s: after_stage(s, stages, args.records_dir, work),
-                       forkserver=not args.no_forkserver)
+                       forkserver=not args.no_forkserver, share=args.cores)
     except GridError as e:
         raise SystemExit(f"error: {e}") from None
     except KeyboardInterrupt:

@@ -133,6 +133,9 @@ def test_each_process_slot_gets_its_share_of_cores_and_gpus():
 
     base = {"PATH": "/bin", "OMP_NUM_THREADS": "7"}
     assert slot_env(0, 1, base, n_cores=8, gpus=["0", "1"]) == base  # one job: as called
+    # a share of the machine (--cores): one job takes all of it, two split it
+    assert slot_env(0, 1, base, n_cores=2, gpus=[], share=1)["OMP_NUM_THREADS"] == "1"
+    assert slot_env(0, 2, base, n_cores=16, gpus=[], share=8)["MKL_NUM_THREADS"] == "4"
     env = slot_env(1, 2, base, n_cores=8, gpus=[])
     assert env["OMP_NUM_THREADS"] == "4" and "CUDA_VISIBLE_DEVICES" not in env
     assert slot_env(0, 3, base, n_cores=2, gpus=["5"])["OMP_NUM_THREADS"] == "1"

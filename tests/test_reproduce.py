@@ -337,6 +337,7 @@ def test_bad_inputs_fail_in_one_line_before_any_run(tmp_path):
              (["--protocol", "paper"], "--protocol"),
              (["--ptp_thresholds", "0.9"], "--ptp_thresholds"),
              (["--jobs", "0"], "--jobs"),
+             (["--cores", "0"], "--cores"),
              (["--max_seq_length", "65"], "--max_seq_length"),  # the tiny BERT has 64
              (["--work_dir", str(a_file)], "--work_dir"),
              (["--student_args", "--warmpu_proportion 0.2"], "--student_args"),

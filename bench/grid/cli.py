@@ -91,6 +91,10 @@ def build_parser(description=None):
     p.add_argument("--jobs", type=int, default=1,
                    help="stages run at once (CPU: cores // jobs threads each; several GPUs: "
                         "one per process)")
+    p.add_argument("--cores", type=int, default=None,
+                   help="the CPU cores this grid's stages share, cores // jobs threads each "
+                        "(default: all; with --jobs 1 the caller's OMP_NUM_THREADS). Give each "
+                        "of two grids on one machine its share, e.g. --cores 1 on 2 cores")
     p.add_argument("--no_feature_cache", action="store_true",
                    help="tokenise the data in every stage (default: once per split into "
                         "WORK/cache, PEAKD_FEATURE_CACHE)")

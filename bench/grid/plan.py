@@ -145,6 +145,9 @@ def check_inputs(args):
     for flag, value in positive.items():
         if not value > 0:
             raise GridError(f"{flag} {value} must be > 0")
+    if args.cores is not None and args.cores < 1:
+        raise GridError(f"--cores {args.cores} must be >= 1 (the cores this grid's stages "
+                        "share; leave it out to use all)")
     if args.max_steps is not None and args.max_steps < 1:
         raise GridError(f"--max_steps {args.max_steps} must be >= 1 (it caps each run's "
                         "optimizer steps; leave it out to train the full epochs)")

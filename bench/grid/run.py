@@ -3,7 +3,9 @@ needs (teacher -> teacher_outputs -> PTP runs -> their students; the other stude
 the teacher outputs).
 
 Threads: on a CPU the N processes get cores // N threads each (OMP_NUM_THREADS, which torch
-reads at start), so together they fill the machine without oversubscribing it. GPUs: several
+reads at start), so together they fill the machine without oversubscribing it. Two grids on
+one machine each take a share (--cores): two 1-job grids on 2 cores, each left at 2 threads,
+ran their stages 3-6x slower than at 1 thread each (2026-12-04, bench/README.md). GPUs: several
 processes share one GPU; with several GPUs each process slot gets its own
 (CUDA_VISIBLE_DEVICES), so N slots spread over the GPUs.
 
@@ -36,14 +38,15 @@ def gpu_ids():
     return [str(i) for i in range(count)]
 
 
-def slot_env(slot, jobs, base=None, n_cores=None, gpus=None):
-    """The environment of the process in `slot` (0..jobs-1). jobs 1 keeps the caller's
-    environment; more jobs get cores // jobs threads each, and one GPU per slot when there
-    are several GPUs."""
+def slot_env(slot, jobs, base=None, n_cores=None, gpus=None, share=None):
+    """The environment of the process in `slot` (0..jobs-1). `share` (--cores): the cores this
+    grid's stages share, default all `n_cores` (this process's). Each of `jobs` slots gets
+    share // jobs threads; one job with no `share` keeps the caller's environment. One GPU per
+    slot when there are several GPUs."""
     env = dict(os.environ if base is None else base)
-    if jobs == 1:
+    if jobs == 1 and share is None:
         return env
-    threads = max(1, (n_cores or cores()) // jobs)
+    threads = max(1, (share or n_cores or cores()) // jobs)
     env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     gpus = gpu_ids() if gpus is None else gpus
     if len(gpus) > 1:
@@ -95,13 +98,14 @@ def chain_priority(stages):
     return priority
 
 
-def run_stages(stages, work, logs, jobs=1, env_extra=None, on_done=None, forkserver=True):
+def run_stages(stages, work, logs, jobs=1, env_extra=None, on_done=None, forkserver=True,
+               share=None):
     """Runs every stage whose results file is missing, the ready one with the longest chain
     behind it first (chain_priority; plan order between equals), as far as `needs` and `jobs`
     allow; prints [run i/n] / [done i/n] / [skip i/n]. A failed stage stops new
     starts; the running ones finish, then GridError names the failed stage's log.
     on_done(stage) is called in the parent for each stage finished here; forkserver: see
-    utils.launch.launch."""
+    utils.launch.launch; share: the cores the stages share (slot_env)."""
     env_extra = env_extra or {}
     total = len(stages)
     position = {s.label: i for i, s in enumerate(stages, 1)}
@@ -121,7 +125,8 @@ def run_stages(stages, work, logs, jobs=1, env_extra=None, on_done=None, forkser
     priority = chain_priority(stages)
     running, free, failures = {}, list(range(jobs)), []
     gpus = gpu_ids() if jobs > 1 else []
-    envs = [{**slot_env(slot, jobs, gpus=gpus), **env_extra} for slot in range(jobs)]
+    envs = [{**slot_env(slot, jobs, gpus=gpus, share=share), **env_extra}
+            for slot in range(jobs)]
     try:
         while pending or running:
             while free and not failures:
