@@ -115,8 +115,8 @@ def test_relation_losses_have_finite_gradients_with_padding():
 
 
 def test_relation_losses_run_in_fp32_under_autocast():
-    """CKD's cosines (and the attention scores) are taken in fp32 whatever the autocast (bf16 would round them to 3
-    digits), and equal the normalise-first form of CKD's code."""
+    """CKD's cosines and the attention scores are taken in fp32 whatever the autocast (bf16
+    would round them to 3 digits); the cosines equal the normalise-first form of CKD's code."""
     torch.manual_seed(0)
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
     s = [torch.randn(2, 5, 8) * 3 for _ in range(3)]

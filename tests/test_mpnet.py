@@ -15,7 +15,7 @@ import torch
 from BERT.pytorch_pretrained_bert import (BertConfig, BertModel, MPNetTokenizer, load_config,
                                           load_pretrained_weights, normalize_state_dict)
 from BERT.pytorch_pretrained_bert.modeling import relative_position_bucket
-from helpers import load_script, make_tiny_mpnet, train_args
+from helpers import exported_dev, load_script, make_tiny_mpnet, train_args
 from utils.features import convert_examples_to_features
 from utils.glue import InputExample, get_task
 from utils.modeling import build_student, load_tokenizer
@@ -156,8 +156,6 @@ def test_an_mpnet_run_exports_to_transformers_with_our_logits(model_type, depth,
     it as MPNetForSequenceClassification with no missing or unused weight, AutoTokenizer gives
     our token ids, and the logits and every layer's real tokens agree (SPS unrolled). Query and
     Key are scaled by 10 first, so that the swap changes the output (see test_export.py)."""
-    from helpers import exported_dev
-
     run, export = tmp_path / "run", tmp_path / "export"
     load_script("finetune").main(train_args("MRPC", tiny.data, tiny_mpnet, run, "--model_type",
                                             model_type, "--student_hidden_layers", 2,
