@@ -108,6 +108,33 @@ def test_a_rerun_with_other_settings_is_refused_before_anything_runs(cola_grid):
     assert tree_digest(work) == before
 
 
+def test_a_flag_its_train_type_does_not_read_is_no_difference(cola_grid, tmp_path):
+    """A run recorded with a distillation flag its --train_type does not read (ft given
+    --teacher_prediction, as plans did before finetune.py refused it) is the planned run; the
+    same flag on a train type that reads it is a difference."""
+    reproduce, argv, root, _ = cola_grid
+    work = tmp_path / "work"
+    shutil.copytree(root / "work", work)
+    moved = [str(work) if a == str(root / "work") else a for a in argv]
+    unread = ["--teacher_prediction", "<work>/old.pkl"]
+    for stage, expect_refused in (("ft_seed1", False), ("ptp_sps_pkd_seed1", True)):
+        record = work / stage / "grid_stage.json"
+        saved = json.loads(record.read_text())
+        flags = saved["argv"]
+        if "--teacher_prediction" in flags:  # the PKD student's own file, moved elsewhere
+            flags[flags.index("--teacher_prediction") + 1] = unread[1]
+        else:
+            flags += unread
+        record.write_text(json.dumps(saved))
+        if expect_refused:
+            with pytest.raises(SystemExit, match="ptp_sps_pkd_seed1: --teacher_prediction "
+                                                 "<work>/old.pkl"):
+                reproduce.main(moved + ["--no_plot", "--report_only"])
+        else:
+            frame = reproduce.main(moved + ["--no_plot", "--report_only"])
+            assert list(frame["variant"]) == ["teacher", "ft", "ptp_sps_pkd"]
+
+
 def test_the_table_holds_only_the_current_plan(cola_grid, tmp_path):
     """A finished run in the folder that the current command did not plan (here another seed)
     is not tabled, even when made with the same settings."""

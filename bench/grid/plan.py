@@ -23,6 +23,7 @@ from utils.errors import PeakdError
 from utils.glue import get_task
 from utils.modeling import resolve_bert_model
 from utils import methods
+from utils.args import DISTILL_FLAGS, TRAIN_TYPE_FLAGS
 from utils.distill import LIVE_TEACHER
 from utils.methods import CKD, MINILM, TINYBERT
 from utils.ptp import parse_thresholds_flag
@@ -410,6 +411,24 @@ def as_flags(argv):
     return flags
 
 
+def read_argv(argv):
+    """argv less the distillation flags (and their values) that its --train_type does not read
+    (TRAIN_TYPE_FLAGS), which cannot change a run's result: runs recorded before finetune.py
+    refused them (ft given --teacher_prediction, before 40fbed6) still match."""
+    flags = as_flags(argv)
+    if "--train_type" not in flags:
+        return list(argv)
+    read = TRAIN_TYPE_FLAGS.get(flags["--train_type"], DISTILL_FLAGS)
+    kept, keep = [], True
+    for token in argv:
+        if token.startswith("--"):
+            name = token.partition("=")[0][2:]
+            keep = name not in DISTILL_FLAGS or name in read
+        if keep:
+            kept.append(token)
+    return kept
+
+
 def differences(stage, work):
     """None when the finished stage was made with the planned settings; else a short text
     naming the flags that differ (or why the settings are unknown)."""
@@ -420,11 +439,12 @@ def differences(stage, work):
     except (OSError, ValueError):
         return f"unreadable {stage.record.name}"
     now = settings(stage, work)
-    if {k: saved.get(k) for k in now} == now:
+    saved = {**saved, "argv": read_argv(saved.get("argv", []))}
+    if {k: saved.get(k) for k in now} == {**now, "argv": read_argv(now["argv"])}:
         return None
     if saved.get("script") != now["script"]:
         return f"script {saved.get('script')} (now {now['script']})"
-    old, new = as_flags(saved.get("argv", [])), as_flags(now["argv"])
+    old, new = as_flags(saved["argv"]), as_flags(now["argv"])
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
     if not changed:
         return "flags in another order"
