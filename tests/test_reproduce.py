@@ -487,7 +487,7 @@ def test_authors_exact_is_the_released_codes_schedule_and_the_flags_still_win(tm
 def test_ptp_summary_warns_about_a_near_empty_class(tmp_path):
     load_reproduce()  # puts bench/ on the import path
     from grid.plan import Stage
-    from grid.report import ptp_summary
+    from grid.report import ptp_summary, ptp_warnings
 
     def summary(counts):
         (tmp_path / "PTP.args.json").write_text(json.dumps(
@@ -503,6 +503,13 @@ def test_ptp_summary_warns_about_a_near_empty_class(tmp_path):
     assert "unconfidently wrong" not in warning.split(";")[0]
     assert summary([1000, 1000, 500, 500])[1] is None
     assert summary([980, 1000, 500, 20])[1] is not None  # 20 / 2500 = 0.8%
+    # results.md gives one warning per distinct problem, naming the runs that share it
+    other = summary([980, 1000, 500, 20])[1]
+    lines = ptp_warnings({f"ptp_SPS_seed{i}": (info, w and w.replace("seed1", f"seed{i}"))
+                          for i, w in ((1, warning), (2, warning), (3, other), (4, None))})
+    assert len(lines) == 2 and lines[0].startswith("warning: ptp_SPS_seed1, ptp_SPS_seed2: PTP ")
+    assert lines[0].count("24/7114/610/803") == 1
+    assert lines[1].startswith("warning: ptp_SPS_seed3: PTP ") and "wrong 20" in lines[1]
 
 
 def test_each_seed_starts_its_longest_chain_first(tmp_path):

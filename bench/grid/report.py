@@ -33,6 +33,16 @@ def ptp_summary(stage):
     return info, warning
 
 
+def ptp_warnings(ptp):
+    """ptp's warnings ({label: (info, warning)}), one per distinct problem, naming every run
+    that has it: a grid's PTP runs share one teacher file and thresholds, so they warn alike."""
+    runs = {}
+    for label, (_, warning) in ptp.items():
+        if warning:
+            runs.setdefault(warning.removeprefix(f"warning: {label}: "), []).append(label)
+    return [f"warning: {', '.join(labels)}: {text}" for text, labels in runs.items()]
+
+
 def collect(stages):
     """One row per finished planned run (the teacher first) from its eval_results.json; PTP
     variants also get their PTP run's thresholds and train label counts. Returns (frame,
@@ -286,7 +296,7 @@ def markdown(frame, ptp, rows, metric, header="", best_rows=None, method_rows=No
                   "seeds\n\n", VERDICT_RULE, comparisons_table(method_rows, metric)]
     if ptp:
         parts += ["\n## PTP labels (train split)\n\n", ptp_table(ptp)]
-        parts += [f"\n{w}\n" for _, w in ptp.values() if w]
+        parts += [f"\n{w}\n" for w in ptp_warnings(ptp)]
     return "".join(parts)
 
 
