@@ -157,7 +157,8 @@ def grid(args, stack):
                 cache[FEATURE_CACHE_ENV] = str(work / "cache")
             run_stages(stages, work, logs, args.jobs, env_extra=cache,
                        on_done=lambda s: after_stage(s, stages, args.records_dir, work),
-                       forkserver=not args.no_forkserver, share=args.cores)
+                       forkserver=not args.no_forkserver, share=args.cores,
+                       order=args.order)
     except GridError as e:
         raise SystemExit(f"error: {e}") from None
     except KeyboardInterrupt:

@@ -539,6 +539,15 @@ def test_ctrl_c_stops_the_grid_with_a_line_and_exit_130(cola_grid, monkeypatch, 
     assert "the same command resumes them" in capsys.readouterr().err
 
 
+def test_the_grid_passes_its_order_to_the_runner(cola_grid, monkeypatch):
+    reproduce, argv, root, _ = cola_grid
+    given = []
+    monkeypatch.setattr(reproduce, "run_stages",
+                        lambda *args, **kwargs: given.append(kwargs["order"]))
+    reproduce.main(argv + ["--no_plot", "--order", "seed"])
+    assert given == ["seed"]
+
+
 def test_a_grid_under_train_slice_selection_reports_both_scores(tmp_path):
     """authors_exact on tiny MRPC, two seeds, --select train_slice: every run chose on the slice
     and scored dev there; results.md says so, tables the claims on those scores and, apart, on
@@ -665,3 +674,46 @@ def test_the_runner_starts_the_longest_chain_first_across_seeds(tmp_path):
                                         "sps_pkd_seed1", "ptp_sps_pkd_seed2", "sps_pkd_seed2",
                                         "ft_seed1", "ft_seed2"]
     assert priority["teacher"] > priority["teacher_outputs"] > priority["ptp_SPS_seed1"]
+
+
+def test_seed_order_starts_every_stage_of_a_seed_before_the_next_seeds(tmp_path, monkeypatch):
+    """--order seed: the teacher, then seed 1's stages (longest chain first), then seed 2's, so
+    a grid stopped part-way leaves whole seeds; the default (chain) starts seed 2's long SPS
+    student before seed 1's short one. One job, so starts follow the priority exactly."""
+    load_reproduce()
+    import subprocess
+
+    import grid.run as run
+    from grid.plan import GridError, Stage
+
+    started = []
+
+    def fake_start(stage, env, logs, forkserver):
+        started.append(stage.label)
+        return subprocess.Popen([sys.executable, "-c",
+                                 f"open({str(stage.done)!r}, 'w').write('{{}}')"]), None
+
+    monkeypatch.setattr(run, "start", fake_start)
+    monkeypatch.setattr(run, "write_record", lambda *a: None)
+
+    def stages(folder):
+        plan = [("teacher", None, "Original", (), "3")]
+        for seed in ("1", "2"):
+            plan += [(f"ft_seed{seed}", seed, "Original", ("teacher",), "1"),
+                     (f"sps_seed{seed}", seed, "SPS", ("teacher",), "7")]
+        out = []
+        for label, seed, model, needs, epochs in plan:
+            (folder / label).mkdir(parents=True)
+            out.append(Stage(label=label, kind="student", seed=seed, needs=needs,
+                             argv=["--model_type", model, "--num_train_epochs", epochs],
+                             done=folder / label / "eval_results.json",
+                             record=folder / label / "grid_stage.json"))
+        return out
+
+    run.run_stages(stages(tmp_path / "seed"), tmp_path, tmp_path, order="seed")
+    assert started == ["teacher", "sps_seed1", "ft_seed1", "sps_seed2", "ft_seed2"]
+    started.clear()
+    run.run_stages(stages(tmp_path / "chain"), tmp_path, tmp_path)
+    assert started == ["teacher", "sps_seed1", "sps_seed2", "ft_seed1", "ft_seed2"]
+    with pytest.raises(GridError, match="--order 'random'"):
+        run.start_priority(stages(tmp_path / "bad"), "random")

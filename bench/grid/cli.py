@@ -2,6 +2,7 @@
 header of results.md (what made the table)."""
 from grid.plan import KINDS, PAPER_VARIANTS, VARIANTS
 from grid.protocols import DEFAULT_PROTOCOL, PROTOCOLS
+from grid.run import ORDERS
 from utils.args import SELECT_RULES, TASK_NAMES, HelpFormatter, Parser, str2bool
 
 
@@ -95,6 +96,11 @@ def build_parser(description=None):
                    help="the CPU cores this grid's stages share, cores // jobs threads each "
                         "(default: all; with --jobs 1 the caller's OMP_NUM_THREADS). Give each "
                         "of two grids on one machine its share, e.g. --cores 1 on 2 cores")
+    p.add_argument("--order", choices=ORDERS, default="chain",
+                   help="which ready stage starts first: chain (default), the longest chain of "
+                        "work across all seeds, the shortest grid; seed, every stage of the "
+                        "first seed before the next seed's, so a grid stopped part-way leaves "
+                        "whole seeds to table")
     p.add_argument("--no_feature_cache", action="store_true",
                    help="tokenise the data in every stage (default: once per split into "
                         "WORK/cache, PEAKD_FEATURE_CACHE)")

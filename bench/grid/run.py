@@ -98,14 +98,36 @@ def chain_priority(stages):
     return priority
 
 
+ORDERS = ("chain", "seed")
+
+
+def start_priority(stages, order="chain"):
+    """{label: sort key, the largest starts first} among ready stages.
+
+    chain: chain_priority, across seeds (the shortest grid). seed: the seeds in plan order, the
+    longest chain first within a seed, so an interrupted grid leaves whole seeds behind; a
+    stage of a later seed starts only when no earlier seed's stage is ready. Stages without a
+    seed (the teacher) come first either way."""
+    if order not in ORDERS:
+        raise GridError(f"--order {order!r} must be one of {', '.join(ORDERS)}")
+    chain = chain_priority(stages)
+    if order == "chain":
+        return chain
+    rank = {}
+    for stage in stages:
+        if stage.seed is not None:
+            rank.setdefault(stage.seed, len(rank))
+    return {s.label: (-rank.get(s.seed, -1), chain[s.label]) for s in stages}
+
+
 def run_stages(stages, work, logs, jobs=1, env_extra=None, on_done=None, forkserver=True,
-               share=None):
-    """Runs every stage whose results file is missing, the ready one with the longest chain
-    behind it first (chain_priority; plan order between equals), as far as `needs` and `jobs`
-    allow; prints [run i/n] / [done i/n] / [skip i/n]. A failed stage stops new
-    starts; the running ones finish, then GridError names the failed stage's log.
-    on_done(stage) is called in the parent for each stage finished here; forkserver: see
-    utils.launch.launch; share: the cores the stages share (slot_env)."""
+               share=None, order="chain"):
+    """Runs every stage whose results file is missing, the ready one first by `order`
+    (start_priority; plan order between equals), as far as `needs` and `jobs` allow; prints
+    [run i/n] / [done i/n] / [skip i/n]. A failed stage stops new starts; the running ones
+    finish, then GridError names the failed stage's log. on_done(stage) is called in the
+    parent for each stage finished here; forkserver: see utils.launch.launch; share: the cores
+    the stages share (slot_env)."""
     env_extra = env_extra or {}
     total = len(stages)
     position = {s.label: i for i, s in enumerate(stages, 1)}
@@ -122,7 +144,7 @@ def run_stages(stages, work, logs, jobs=1, env_extra=None, on_done=None, forkser
             skip(stage)
         else:
             pending.append(stage)
-    priority = chain_priority(stages)
+    priority = start_priority(stages, order)
     running, free, failures = {}, list(range(jobs)), []
     gpus = gpu_ids() if jobs > 1 else []
     envs = [{**slot_env(slot, jobs, gpus=gpus, share=share), **env_extra}
