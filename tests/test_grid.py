@@ -3,6 +3,7 @@ on fixed numbers with known answers, and how it shares the machine among process
 (bench/grid/run.py)."""
 import math
 import random
+import subprocess
 import sys
 from pathlib import Path
 
@@ -234,22 +235,26 @@ def test_launch_starts_new_interpreters_when_a_forked_process_cannot_use_the_gpu
                      "no_such_device") == 1
 
 
+def finishing_start(started):
+    """A stand-in for grid.run.start: notes each stage's label in `started` and runs a process
+    that only writes the stage's results file."""
+    def start(stage, env, logs, forkserver):
+        started.append(stage.label)
+        proc = subprocess.Popen([sys.executable, "-c",
+                                 f"open({str(stage.done)!r}, 'w').write('{{}}')"])
+        return proc, logs / f"{stage.label}.log"
+    return start
+
+
 def test_a_resumed_stage_records_no_wall_time(tmp_path, monkeypatch):
     """Its earlier attempts ran in processes the grid did not time: the record says None
     rather than the last attempt's seconds (which made 'not training' negative)."""
     import json
-    import subprocess
 
     import grid.run as run
     from grid.plan import Stage
 
-    def fake_start(stage, env, logs, forkserver):
-        log = logs / f"{stage.label}.log"
-        proc = subprocess.Popen([sys.executable, "-c",
-                                 f"open({str(stage.done)!r}, 'w').write('{{}}')"])
-        return proc, log
-
-    monkeypatch.setattr(run, "start", fake_start)
+    monkeypatch.setattr(run, "start", finishing_start([]))
     stages = []
     for label in ("fresh", "resumed"):
         (tmp_path / label).mkdir()
@@ -260,6 +265,39 @@ def test_a_resumed_stage_records_no_wall_time(tmp_path, monkeypatch):
     run.run_stages(stages, tmp_path, tmp_path)
     fresh, resumed = (json.loads(s.record.read_text()) for s in stages)
     assert fresh["wall_seconds"] > 0 and resumed["wall_seconds"] is None
+
+
+def test_seed_order_starts_every_stage_of_a_seed_before_the_next_seeds(tmp_path, monkeypatch):
+    """--order seed: the teacher, then seed 1's stages (longest chain first), then seed 2's, so
+    a grid stopped part-way leaves whole seeds; the default (chain) starts seed 2's long SPS
+    student before seed 1's short one. One job, so starts follow the priority exactly."""
+    import grid.run as run
+    from grid.plan import GridError, Stage
+
+    started = []
+    monkeypatch.setattr(run, "start", finishing_start(started))
+
+    def stages(folder):
+        plan = [("teacher", None, "Original", (), "3")]
+        for seed in ("1", "2"):
+            plan += [(f"ft_seed{seed}", seed, "Original", ("teacher",), "1"),
+                     (f"sps_seed{seed}", seed, "SPS", ("teacher",), "7")]
+        out = []
+        for label, seed, model, needs, epochs in plan:
+            (folder / label).mkdir(parents=True)
+            out.append(Stage(label=label, kind="student", seed=seed, needs=needs,
+                             argv=["--model_type", model, "--num_train_epochs", epochs],
+                             done=folder / label / "eval_results.json",
+                             record=folder / label / "grid_stage.json"))
+        return out
+
+    run.run_stages(stages(tmp_path / "seed"), tmp_path, tmp_path, order="seed")
+    assert started == ["teacher", "sps_seed1", "ft_seed1", "sps_seed2", "ft_seed2"]
+    started.clear()
+    run.run_stages(stages(tmp_path / "chain"), tmp_path, tmp_path)
+    assert started == ["teacher", "sps_seed1", "sps_seed2", "ft_seed1", "ft_seed2"]
+    with pytest.raises(GridError, match="--order 'random'"):
+        run.start_priority(stages(tmp_path / "bad"), "random")
 
 
 def test_the_seed_table_shows_every_run_and_the_mean_of_those_that_ran():
