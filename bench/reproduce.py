@@ -86,12 +86,12 @@ def progress_line(stages):
 
 def print_ptp(stage):
     """The PTP run's train label counts and thresholds, and a warning for a near-empty class."""
-    info, warning = report.ptp_summary(stage)
+    info, problem = report.ptp_summary(stage)
     print(f"{stage.label}: PTP train labels {info['ptp_train_counts']} "
           f"({' / '.join(PTP_LABEL_NAMES)}; t1 {info['ptp_t1']:.4f}, t2 {info['ptp_t2']:.4f})",
           flush=True)
-    if warning:
-        print(warning, flush=True)
+    if problem:
+        print(report.ptp_warning([stage.label], problem), flush=True)
 
 
 def sync_records(stages, records_dir, work):

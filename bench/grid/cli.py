@@ -96,7 +96,7 @@ def build_parser(description=None):
                    help="the CPU cores this grid's stages share, cores // jobs threads each "
                         "(default: all; with --jobs 1 the caller's OMP_NUM_THREADS). Give each "
                         "of two grids on one machine its share, e.g. --cores 1 on 2 cores")
-    p.add_argument("--order", choices=ORDERS, default="chain",
+    p.add_argument("--order", choices=ORDERS, default=ORDERS[0],
                    help="which ready stage starts first: chain (default), the longest chain of "
                         "work across all seeds, the shortest grid; seed, every stage of the "
                         "first seed before the next seed's, so a grid stopped part-way leaves "

@@ -15,32 +15,38 @@ MIN_PTP_SHARE = 0.02
 
 
 def ptp_summary(stage):
-    """Thresholds and train label counts a PTP run recorded in PTP.args.json (PTP.py), with a
-    warning text when a class holds under MIN_PTP_SHARE of the train examples (else None)."""
+    """Thresholds and train label counts a PTP run recorded in PTP.args.json (PTP.py), and the
+    problem when a class holds under MIN_PTP_SHARE of the train examples (else None); the same
+    problem reads alike for every run, and ptp_warning names the runs that have it."""
     args = json.loads((stage.ptp_dir / "PTP.args.json").read_text(encoding="utf-8"))
     t1, t2 = args.get("ptp_thresholds_used") or (None, None)
     counts = (args.get("ptp_label_counts") or {}).get("train")
     info = {"ptp_t1": t1, "ptp_t2": t2,
             "ptp_train_counts": "/".join(map(str, counts)) if counts else None}
-    warning = None
+    problem = None
     if counts and min(counts) < MIN_PTP_SHARE * sum(counts):
         small = [f"{name} {n}" for name, n in zip(PTP_LABEL_NAMES, counts)
                  if n < MIN_PTP_SHARE * sum(counts)]
-        warning = (f"warning: {stage.label}: PTP class under {MIN_PTP_SHARE:.0%} of "
-                   f"{sum(counts)} train examples ({', '.join(small)}); counts "
-                   f"{info['ptp_train_counts']} ({', '.join(PTP_LABEL_NAMES)}) from thresholds "
-                   f"t1={t1:.4f}, t2={t2:.4f}; try --ptp_thresholds median")
-    return info, warning
+        problem = (f"PTP class under {MIN_PTP_SHARE:.0%} of {sum(counts)} train examples "
+                   f"({', '.join(small)}); counts {info['ptp_train_counts']} "
+                   f"({', '.join(PTP_LABEL_NAMES)}) from thresholds t1={t1:.4f}, t2={t2:.4f}; "
+                   f"try --ptp_thresholds median")
+    return info, problem
+
+
+def ptp_warning(labels, problem):
+    """The warning line for the PTP runs `labels` that share `problem` (ptp_summary)."""
+    return f"warning: {', '.join(labels)}: {problem}"
 
 
 def ptp_warnings(ptp):
-    """ptp's warnings ({label: (info, warning)}), one per distinct problem, naming every run
+    """ptp's warnings ({label: (info, problem)}), one per distinct problem, naming every run
     that has it: a grid's PTP runs share one teacher file and thresholds, so they warn alike."""
     runs = {}
-    for label, (_, warning) in ptp.items():
-        if warning:
-            runs.setdefault(warning.removeprefix(f"warning: {label}: "), []).append(label)
-    return [f"warning: {', '.join(labels)}: {text}" for text, labels in runs.items()]
+    for label, (_, problem) in ptp.items():
+        if problem:
+            runs.setdefault(problem, []).append(label)
+    return [ptp_warning(labels, problem) for problem, labels in runs.items()]
 
 
 def collect(stages):

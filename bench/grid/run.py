@@ -98,10 +98,11 @@ def chain_priority(stages):
     return priority
 
 
+# --order's choices, the default first
 ORDERS = ("chain", "seed")
 
 
-def start_priority(stages, order="chain"):
+def start_priority(stages, order=ORDERS[0]):
     """{label: sort key, the largest starts first} among ready stages.
 
     chain: chain_priority, across seeds (the shortest grid). seed: the seeds in plan order, the
@@ -121,7 +122,7 @@ def start_priority(stages, order="chain"):
 
 
 def run_stages(stages, work, logs, jobs=1, env_extra=None, on_done=None, forkserver=True,
-               share=None, order="chain"):
+               share=None, order=ORDERS[0]):
     """Runs every stage whose results file is missing, the ready one first by `order`
     (start_priority; plan order between equals), as far as `needs` and `jobs` allow; prints
     [run i/n] / [done i/n] / [skip i/n]. A failed stage stops new starts; the running ones
