@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import math
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Optional
@@ -223,6 +224,10 @@ class _TrainingRun:
                 # a stale state from an earlier, interrupted run in this folder must not be
                 # resumed on top of this run's logs
                 run_file(self.run_dir, RESUME_FILE, prefix).unlink(missing_ok=True)
+        # one bar in one process: a thread lock will do. tqdm's default also makes a
+        # multiprocessing lock, a named semaphore that a stage stopped by SIGTERM (the grid's
+        # interrupt) leaves behind, and the resource tracker then warns of a leak
+        tqdm.set_lock(threading.RLock())
         # in a log file (not a terminal) a bar line every 30 s instead of every 0.1 s
         self.progress = tqdm(total=self.t_total, initial=self.pos.step, disable=not self.main,
                              desc=f"{prefix} {task.name}", unit="step", dynamic_ncols=True,
