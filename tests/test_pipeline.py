@@ -122,7 +122,7 @@ def test_finetune_er_trains_an_sps_student_with_a_partial_second_pass(pipeline, 
     assert res["model_type"] == "SPS" and res["effective_layers"] == 3
 
 
-# --- the released code's defects (README: Where things are) --------------
+# --- the released code's defects (README: Where things are) ----------------------------
 
 def test_scripts_import_without_side_effects_and_follow_the_layout():
     """Defect: PTP.py crashed on import. Every script imports cleanly and does no work."""

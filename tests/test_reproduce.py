@@ -496,22 +496,22 @@ def test_ptp_summary_warns_about_a_near_empty_class(tmp_path, capsys):
                       ptp_dir=tmp_path)
         return ptp_summary(stage)
 
-    info, warning = summary([24, 7114, 610, 803])  # the paper's CoLA table on MiniLM
+    info, problem = summary([24, 7114, 610, 803])  # the paper's CoLA table on MiniLM
     assert info == {"ptp_t1": 0.95, "ptp_t2": 0.7, "ptp_train_counts": "24/7114/610/803"}
-    assert "confidently correct 24" in warning
-    assert "24/7114/610/803" in warning and "t1=0.9500, t2=0.7000" in warning
-    assert "unconfidently wrong" not in warning.split(";")[0]
+    assert "confidently correct 24" in problem
+    assert "24/7114/610/803" in problem and "t1=0.9500, t2=0.7000" in problem
+    assert "unconfidently wrong" not in problem.split(";")[0]
     # the run's own line names it once, as results.md's line does
     reproduce.print_ptp(Stage("ptp_SPS_seed1", "ptp", [], tmp_path / "x", tmp_path / "y",
                               ptp_dir=tmp_path))
     printed = capsys.readouterr().out.splitlines()
-    assert printed[1] == f"warning: ptp_SPS_seed1: {warning}"
+    assert printed[1] == f"warning: ptp_SPS_seed1: {problem}"
     assert summary([1000, 1000, 500, 500])[1] is None
     assert summary([980, 1000, 500, 20])[1] is not None  # 20 / 2500 = 0.8%
     # results.md gives one warning per distinct problem, naming the runs that share it
     other = summary([980, 1000, 500, 20])[1]
     lines = ptp_warnings({f"ptp_SPS_seed{i}": (info, w)
-                          for i, w in ((1, warning), (2, warning), (3, other), (4, None))})
+                          for i, w in ((1, problem), (2, problem), (3, other), (4, None))})
     assert len(lines) == 2 and lines[0].startswith("warning: ptp_SPS_seed1, ptp_SPS_seed2: PTP ")
     assert lines[0].count("24/7114/610/803") == 1
     assert lines[1].startswith("warning: ptp_SPS_seed3: PTP ") and "wrong 20" in lines[1]
