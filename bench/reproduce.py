@@ -145,9 +145,12 @@ def grid(args, stack):
             print(report.progress(stages, args.records_dir), end="")
             return None
         if args.report_only:
+            if args.records_dir:  # the kept runs count too: no teacher trained to table them
+                stages = records.kept_view(stages, args.records_dir, work)
             if not stages[0].done.exists():
+                kept = f" nor is it kept in {args.records_dir}" if args.records_dir else ""
                 raise GridError(f"--report_only: {stages[0].label} has not finished in "
-                                f"{work}; nothing to tabulate yet")
+                                f"{work}{kept}; nothing to tabulate yet")
         else:
             logs = work / "logs"
             logs.mkdir(parents=True, exist_ok=True)

@@ -338,6 +338,48 @@ def test_progress_only_lists_finished_stages_without_values(cola_grid, tmp_path,
     assert "0 of 1 seeds finished" in out and out.splitlines()[-1].endswith("| not yet |")
 
 
+def test_report_only_tables_the_kept_runs_on_a_machine_that_trained_nothing(cola_grid, tmp_path,
+                                                                             capsys):
+    """--report_only with --records_dir tables the runs kept there (the teacher's and its
+    outputs' records too) in an empty work folder: the same rows as the grid's own, every stage
+    counted, nothing trained and only the tables written; a kept run made with other settings
+    is refused in one line, and without a kept teacher there is nothing to table."""
+    reproduce, argv, root, frame = cola_grid
+    rec = tmp_path / "records"
+    shutil.copytree(root / "work", tmp_path / "first")
+    reproduce.main([str(tmp_path / "first") if a == str(root / "work") else a for a in argv]
+                   + ["--no_plot", "--records_dir", str(rec)])
+    capsys.readouterr()
+    new = tmp_path / "new"
+    report = ([str(new) if a == str(root / "work") else a for a in argv]
+              + ["--no_plot", "--records_dir", str(rec), "--report_only"])
+    table = reproduce.main(report)
+    assert "[run " not in capsys.readouterr().out
+    results = [c for c in frame.columns if c != "code"]
+    pd.testing.assert_frame_equal(frame[results], table[results])
+    text = (new / "results.md").read_text()
+    assert "Finished 5 of 5 stages." in text and "| ptp_SPS_seed1 |" in text
+    assert sorted(p.name for p in new.iterdir() if not p.name.startswith(".")) == [
+        "grid_settings.json", "results.csv", "results.md"]
+
+    # the teacher's record: the one no restore checks (a new machine trains it again)
+    record = rec / "teacher" / "grid_stage.json"
+    saved = json.loads(record.read_text())
+    saved["argv"] = [a.replace("2", "3") if a.isdigit() else a for a in saved["argv"]]
+    record.write_text(json.dumps(saved))
+    with pytest.raises(SystemExit) as err:
+        reproduce.main(report)
+    message = str(err.value)
+    assert message.startswith("error: --records_dir ") and "its teacher was" in message, message
+    assert "\n" not in message
+
+    shutil.rmtree(rec / "teacher")
+    shutil.rmtree(rec / "ft_seed1")
+    with pytest.raises(SystemExit) as err:
+        reproduce.main(report)
+    assert f"nor is it kept in {rec}; nothing to tabulate yet" in str(err.value)
+
+
 def test_bad_inputs_fail_in_one_line_before_any_run(tmp_path):
     glue = make_glue(tmp_path / "glue", tasks=("MRPC",))
     bert = make_tiny_bert(tmp_path / "bert", glue)

@@ -111,8 +111,9 @@ def build_parser(description=None):
     p.add_argument("--no_plot", action="store_true",
                    help="write no results.png (matplotlib is then not needed)")
     p.add_argument("--report_only", action="store_true",
-                   help="write the tables and chart from the stages finished so far, run none "
-                        "(results.md names the stages still missing)")
+                   help="write the tables and chart from the stages finished so far (in WORK, "
+                        "or kept in --records_dir: a study's tables on a machine that has "
+                        "trained nothing), run none (results.md names the stages still missing)")
     p.add_argument("--progress_only", action="store_true",
                    help="print which stages have finished (in WORK, or kept in --records_dir) "
                         "with their wall times and no dev values, run none, change nothing: "

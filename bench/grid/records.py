@@ -11,6 +11,9 @@ stage that needs it is finished or restored too: the students, and a PTP run who
 all are. The teacher is trained again for the runs still to do, and nothing is restored or
 kept until its outputs are there and have the digest the kept runs were made with: otherwise
 the grid stops, before two teachers' runs meet in one folder.
+
+`--report_only` reads a kept stage in place instead (`kept_view`): tables need no weights, so a
+study's tables come from its records on a machine that has trained nothing.
 """
 from dataclasses import replace
 from pathlib import Path
@@ -102,3 +105,29 @@ def sync(stages, records, work):
         if stage is not outputs and stage.done.exists():
             keep(stage, records)
     return [s.label for s in chosen]
+
+
+def kept_view(stages, records, work):
+    """The stages as --report_only reads them beside --records_dir: a stage not finished in
+    `work` but kept in `records` points at its kept files (the teacher outputs at their kept
+    digest, their .pkl being a weight), so a study's tables come from its records alone, on a
+    machine that has trained nothing. Refuses, in one line, a kept run made with other
+    settings than the plan's."""
+    records = Path(records)
+    moved, view = {}, []
+    for stage in stages:
+        kept = records / stage.label
+        done = kept / (DIGEST if stage.kind == "teacher_outputs" else stage.done.name)
+        if stage.done.exists() or not done.is_file():
+            view.append(stage)
+            continue
+        record = kept / stage.record.name
+        problem = differences(replace(stage, record=record), work)
+        if problem:
+            raise GridError(f"--records_dir {records}: its {stage.label} was made with other "
+                            f"settings ({problem}); give the grid's flags of those runs")
+        if stage.kind != "teacher_outputs":  # the work folder itself: nothing moves with it
+            moved[stage.done.parent] = kept
+        view.append(replace(stage, done=done, record=record))
+    # a student reads its PTP run's label counts from wherever that run is read
+    return [replace(s, ptp_dir=moved.get(s.ptp_dir, s.ptp_dir)) for s in view]
