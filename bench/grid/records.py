@@ -61,10 +61,20 @@ def keep(stage, records):
         copy(path, folder / path.name)
 
 
+def check_kept(stage, records, work):
+    """Refuses, in one line naming the flags that differ, a kept stage (`stage.record` in
+    `records`) made with other settings than the plan's."""
+    problem = differences(stage, work)
+    if problem:
+        raise GridError(f"--records_dir {records}: its {stage.label} was made with other "
+                        f"settings ({problem}); give the grid's flags of those runs, or a new "
+                        "--records_dir")
+
+
 def restorable(stages, records, work):
     """The stages not finished in `work` whose kept files are in `records` and whose dependants
-    are all finished or restorable too, in plan order. Refuses, in one line naming the flags
-    that differ, a kept run made with other settings than the plan's."""
+    are all finished or restorable too, in plan order (`check_kept` refuses any made
+    otherwise)."""
     records = Path(records)
     dependants = {s.label: [d.label for d in stages if s.label in d.needs] for s in stages}
     finished = {s.label for s in stages if s.done.exists()}
@@ -75,11 +85,7 @@ def restorable(stages, records, work):
         if (stage.label in finished or not (kept / stage.done.name).is_file()
                 or not set(dependants[stage.label]) <= finished):
             continue
-        problem = differences(replace(stage, record=kept / stage.record.name), work)
-        if problem:
-            raise GridError(f"--records_dir {records}: its {stage.label} was made with other "
-                            f"settings ({problem}); give the grid's flags of those runs, or a "
-                            "new --records_dir")
+        check_kept(replace(stage, record=kept / stage.record.name), records, work)
         finished.add(stage.label)
         chosen.append(stage)
     return chosen[::-1]
@@ -111,8 +117,7 @@ def kept_view(stages, records, work):
     """The stages as --report_only reads them beside --records_dir: a stage not finished in
     `work` but kept in `records` points at its kept files (the teacher outputs at their kept
     digest, their .pkl being a weight), so a study's tables come from its records alone, on a
-    machine that has trained nothing. Refuses, in one line, a kept run made with other
-    settings than the plan's."""
+    machine that has trained nothing (`check_kept` refuses any made otherwise)."""
     records = Path(records)
     moved, view = {}, []
     for stage in stages:
@@ -122,10 +127,7 @@ def kept_view(stages, records, work):
             view.append(stage)
             continue
         record = kept / stage.record.name
-        problem = differences(replace(stage, record=record), work)
-        if problem:
-            raise GridError(f"--records_dir {records}: its {stage.label} was made with other "
-                            f"settings ({problem}); give the grid's flags of those runs")
+        check_kept(replace(stage, record=record), records, work)
         if stage.kind != "teacher_outputs":  # the work folder itself: nothing moves with it
             moved[stage.done.parent] = kept
         view.append(replace(stage, done=done, record=record))
