@@ -32,7 +32,6 @@ from grid.cli import build_parser as grid_parser  # noqa: E402
 from grid.plan import GridError  # noqa: E402
 from grid.protocols import apply_protocol  # noqa: E402
 from grid.run import run_stages  # noqa: E402
-from grid.stats import METHOD_CLAIMS  # noqa: E402
 from utils.checkpoints import write_json  # noqa: E402
 from utils.errors import PeakdError  # noqa: E402
 from utils.locks import folder_lock  # noqa: E402
@@ -176,20 +175,16 @@ def grid(args, stack):
     # one dev example in the metric's units (exact for accuracy; MCC and F1 move more per
     # example, so their borderline rule is lenient)
     grain = 1 / len(task.get_examples(args.data_dir, task.dev_splits[0]))
-    rows = report.comparisons(frame, metric, grain)
-    best_rows = (report.comparisons(frame, "best_dev", grain)
-                 if args.select == "train_slice" else None)
-    method_rows = report.comparisons(frame, metric, grain, METHOD_CLAIMS)
+    tables = report.claim_tables(frame, metric, grain, best_dev=args.select == "train_slice")
     frame.to_csv(work / "results.csv", index=False)
-    text = report.markdown(frame, ptp, rows, metric,
-                           settings_header(args, given) + progress_line(stages), best_rows,
-                           method_rows)
+    text = report.markdown(frame, ptp, tables, metric,
+                           settings_header(args, given) + progress_line(stages))
     (work / "results.md").write_text(text)
     write_json(work / "grid_settings.json", {k: v for k, v in vars(args).items()
                                              if not k.endswith("_list")})
     print(text)
     if not args.no_plot:
-        report.plot(frame, rows, work / "results.png", metric)
+        report.plot(frame, tables[0][1], work / "results.png", metric)
     return frame
 
 

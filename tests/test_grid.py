@@ -376,3 +376,36 @@ def test_paired_ratio_gives_the_geometric_mean_and_a_t_interval():
     assert r["verdict"] == "not decided"
     with pytest.raises(ValueError, match="at least 3 pairs"):
         paired_ratio([1, 1], [1, 1])
+
+
+def test_under_train_slice_selection_every_claim_table_comes_again_on_best_on_dev_scores():
+    """Each claim table (the paper's, the compared methods') is tabled on the chosen
+    checkpoints' scores and, under train-slice selection, again on best_dev, each from its own
+    column; the per-seed best-on-dev scores come once, before the first table on them."""
+    import pandas as pd
+
+    from grid.report import claim_tables, markdown
+
+    rows = [{"variant": "teacher", "seed": "-", "acc": 0.80, "best_dev": 0.80,
+             "select": "train_slice"}]
+    for seed, shift in (("1", 0.00), ("2", 0.01), ("3", -0.01)):
+        for variant, acc, best in (("pkd", 0.70, 0.72), ("ptp_sps_pkd", 0.74, 0.75),
+                                   ("ckd", 0.70, 0.71), ("sps_ckd", 0.75, 0.79)):
+            rows.append({"variant": variant, "seed": seed, "acc": acc + shift,
+                         "best_dev": best + shift, "select": "train_slice"})
+    frame = pd.DataFrame(rows)
+    tables = claim_tables(frame, "acc", best_dev=True)
+    assert [(heading.split(",")[0], score) for heading, _, score in tables] == [
+        ("The paper's claims", "metric"),
+        ("The same claims on best-on-dev scores (dev chose these)", "best_dev"),
+        ("The compared methods against PKD and PeaKD", "metric"),
+        ("The compared methods on best-on-dev scores (dev chose these)", "best_dev")]
+    sps_helps_ckd = [next(r for r in t if r.claim == "SPS helps CKD") for _, t, _ in tables[2:]]
+    assert [round(r.mean, 4) for r in sps_helps_ckd] == [0.05, 0.08]  # acc, then best_dev
+    assert [score for _, _, score in claim_tables(frame, "acc")] == ["metric", "metric"]
+    text = markdown(frame, {}, tables, "acc")
+    headings = [line for line in text.splitlines() if line.startswith("## ")]
+    assert headings[2:] == ["## " + heading for heading, _, _ in tables]
+    assert text.count("Dev best_dev of the checkpoint each run selected.") == 1
+    assert text.index("Dev best_dev of the") < text.index("## The compared methods against")
+    assert "| SPS helps CKD | sps_ckd - ckd | 3 | +0.0800 |" in text

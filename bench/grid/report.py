@@ -8,7 +8,7 @@ import pandas as pd
 from utils.ptp import PTP_LABEL_NAMES
 
 from .plan import VARIANTS
-from .stats import compare_claims
+from .stats import METHOD_CLAIMS, compare_claims
 
 # a PTP class under this share of the train examples makes the 4-way task near-degenerate
 MIN_PTP_SHARE = 0.02
@@ -214,6 +214,27 @@ def comparisons(frame, metric, grain=None, claims=None):
     return compare_claims(claim_scores(frame, metric), claims, grain=grain)
 
 
+# results.md's claim tables: (claims, score) -> heading; None is the paper's claims, "metric" the
+# chosen checkpoints' dev score, "best_dev" the best dev score of the same runs
+CLAIM_HEADINGS = {
+    (None, "metric"): "The paper's claims, paired over shared seeds",
+    (None, "best_dev"): "The same claims on best-on-dev scores (dev chose these)",
+    ("methods", "metric"): "The compared methods against PKD and PeaKD, paired over shared seeds",
+    ("methods", "best_dev"): "The compared methods on best-on-dev scores (dev chose these)",
+}
+
+
+def claim_tables(frame, metric, grain=None, best_dev=False):
+    """results.md's claim tables as [(heading, rows, score)]: the paper's claims and the
+    compared methods' (stats.METHOD_CLAIMS) on `metric`, and with best_dev (train-slice
+    selection) each again on the best-on-dev scores. Each table is Holm-adjusted on its own;
+    a table whose claims have no variant that ran has no rows."""
+    scores = ["metric"] + (["best_dev"] if best_dev else [])
+    return [(CLAIM_HEADINGS[name, score],
+             comparisons(frame, metric if score == "metric" else score, grain, claims), score)
+            for name, claims in ((None, None), ("methods", METHOD_CLAIMS)) for score in scores]
+
+
 def comparisons_table(rows, metric):
     """The paired comparisons as Markdown: one row per claim, with the Holm-adjusted interval
     (its level in the column) and p-value."""
@@ -282,24 +303,24 @@ def selection_line(frame):
     return f"Mixed selection rules: {sorted(rules)}; compare with care.\n\n"
 
 
-def markdown(frame, ptp, rows, metric, header="", best_rows=None, method_rows=None):
-    """results.md: settings header, the selection rule, per-variant and per-seed tables, claims
-    (and, under train-slice selection, the claims on best-on-dev scores), the compared methods
-    against PKD and PeaKD, PTP labels and warnings."""
+def markdown(frame, ptp, tables, metric, header=""):
+    """results.md: settings header, the selection rule, per-variant and per-seed tables, the
+    claim tables (claim_tables: the per-seed best-on-dev scores before the first on them), PTP
+    labels and warnings."""
     parts = [header, selection_line(frame), "## Per variant (mean ± std over seeds)\n\n",
              summarize(frame), overhead_line(frame), provenance_line(frame, "code", "Code", 12),
              provenance_line(frame, "machine", "CPU"),
              "\n## Per seed\n\n", seed_table(frame, metric)]
-    if rows:
-        parts += ["\n## The paper's claims, paired over shared seeds\n\n", VERDICT_RULE,
-                  comparisons_table(rows, metric)]
-    if best_rows:
-        parts += ["\n## The same claims on best-on-dev scores (dev chose these)\n\n",
-                  seed_table(frame, "best_dev", with_f1=False), "\n",
-                  comparisons_table(best_rows, "best_dev")]
-    if method_rows:
-        parts += ["\n## The compared methods against PKD and PeaKD, paired over shared "
-                  "seeds\n\n", VERDICT_RULE, comparisons_table(method_rows, metric)]
+    best_seeds_shown = False
+    for heading, rows, score in tables:
+        if not rows:
+            continue
+        parts.append(f"\n## {heading}\n\n")
+        if score == "best_dev" and not best_seeds_shown:
+            parts += [seed_table(frame, "best_dev", with_f1=False), "\n"]
+            best_seeds_shown = True
+        parts += [VERDICT_RULE if score == "metric" else "",
+                  comparisons_table(rows, metric if score == "metric" else score)]
     if ptp:
         parts += ["\n## PTP labels (train split)\n\n", ptp_table(ptp)]
         parts += [f"\n{w}\n" for w in ptp_warnings(ptp)]
