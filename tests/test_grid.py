@@ -396,13 +396,13 @@ def test_under_train_slice_selection_every_claim_table_comes_again_on_best_on_de
     frame = pd.DataFrame(rows)
     tables = claim_tables(frame, "acc", best_dev=True)
     assert [(heading.split(",")[0], score) for heading, _, score in tables] == [
-        ("The paper's claims", "metric"),
+        ("The paper's claims", "acc"),
         ("The same claims on best-on-dev scores (dev chose these)", "best_dev"),
-        ("The compared methods against PKD and PeaKD", "metric"),
+        ("The compared methods against PKD and PeaKD", "acc"),
         ("The compared methods on best-on-dev scores (dev chose these)", "best_dev")]
     sps_helps_ckd = [next(r for r in t if r.claim == "SPS helps CKD") for _, t, _ in tables[2:]]
     assert [round(r.mean, 4) for r in sps_helps_ckd] == [0.05, 0.08]  # acc, then best_dev
-    assert [score for _, _, score in claim_tables(frame, "acc")] == ["metric", "metric"]
+    assert [score for _, _, score in claim_tables(frame, "acc")] == ["acc", "acc"]
     text = markdown(frame, {}, tables, "acc")
     headings = [line for line in text.splitlines() if line.startswith("## ")]
     assert headings[2:] == ["## " + heading for heading, _, _ in tables]

@@ -214,25 +214,24 @@ def comparisons(frame, metric, grain=None, claims=None):
     return compare_claims(claim_scores(frame, metric), claims, grain=grain)
 
 
-# results.md's claim tables: (claims, score) -> heading; None is the paper's claims, "metric" the
-# chosen checkpoints' dev score, "best_dev" the best dev score of the same runs
+# results.md's claim tables: (claims, on best-on-dev scores) -> heading
 CLAIM_HEADINGS = {
-    (None, "metric"): "The paper's claims, paired over shared seeds",
-    (None, "best_dev"): "The same claims on best-on-dev scores (dev chose these)",
-    ("methods", "metric"): "The compared methods against PKD and PeaKD, paired over shared seeds",
-    ("methods", "best_dev"): "The compared methods on best-on-dev scores (dev chose these)",
+    ("paper", False): "The paper's claims, paired over shared seeds",
+    ("paper", True): "The same claims on best-on-dev scores (dev chose these)",
+    ("methods", False): "The compared methods against PKD and PeaKD, paired over shared seeds",
+    ("methods", True): "The compared methods on best-on-dev scores (dev chose these)",
 }
 
 
 def claim_tables(frame, metric, grain=None, best_dev=False):
-    """results.md's claim tables as [(heading, rows, score)]: the paper's claims and the
-    compared methods' (stats.METHOD_CLAIMS) on `metric`, and with best_dev (train-slice
-    selection) each again on the best-on-dev scores. Each table is Holm-adjusted on its own;
-    a table whose claims have no variant that ran has no rows."""
-    scores = ["metric"] + (["best_dev"] if best_dev else [])
-    return [(CLAIM_HEADINGS[name, score],
-             comparisons(frame, metric if score == "metric" else score, grain, claims), score)
-            for name, claims in ((None, None), ("methods", METHOD_CLAIMS)) for score in scores]
+    """results.md's claim tables as [(heading, rows, score column)]: the paper's claims and the
+    compared methods' (stats.METHOD_CLAIMS) on `metric` (the chosen checkpoints' dev score),
+    and with best_dev (train-slice selection) each again on the best-on-dev scores. Each table
+    is Holm-adjusted on its own; a table none of whose claims' variants ran has no rows."""
+    scores = [metric] + (["best_dev"] if best_dev else [])
+    return [(CLAIM_HEADINGS[name, score == "best_dev"], comparisons(frame, score, grain, claims),
+             score)
+            for name, claims in (("paper", None), ("methods", METHOD_CLAIMS)) for score in scores]
 
 
 def comparisons_table(rows, metric):
@@ -319,8 +318,7 @@ def markdown(frame, ptp, tables, metric, header=""):
         if score == "best_dev" and not best_seeds_shown:
             parts += [seed_table(frame, "best_dev", with_f1=False), "\n"]
             best_seeds_shown = True
-        parts += [VERDICT_RULE if score == "metric" else "",
-                  comparisons_table(rows, metric if score == "metric" else score)]
+        parts += [VERDICT_RULE if score == metric else "", comparisons_table(rows, score)]
     if ptp:
         parts += ["\n## PTP labels (train split)\n\n", ptp_table(ptp)]
         parts += [f"\n{w}\n" for w in ptp_warnings(ptp)]
